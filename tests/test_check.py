@@ -1,0 +1,88 @@
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from gradcourse.check import assert_close, compare, finite_difference_grad
+
+
+def test_compare_reports_exact_for_identical_values(capsys):
+    assert compare("w", torch.ones(3), torch.ones(3))
+    assert capsys.readouterr().out.strip() == "w: exact"
+
+
+def test_compare_reports_close_with_the_max_abs_diff(capsys):
+    assert compare("w", torch.tensor([1.0 + 1e-12], dtype=torch.float64), torch.tensor([1.0], dtype=torch.float64))
+    out = capsys.readouterr().out
+    assert out.startswith("w: close") and "max abs diff" in out
+
+
+def test_compare_reports_different_and_returns_false(capsys):
+    assert not compare("w", torch.tensor([1.0]), torch.tensor([1.1]))
+    assert "w: DIFFERENT" in capsys.readouterr().out
+
+
+def test_compare_accepts_numpy_arrays_and_numbers():
+    assert compare("a", np.array([0.5, 2.0]), torch.tensor([0.5, 2.0]))
+    assert compare("s", 3, 3.0)
+
+
+def test_compare_never_calls_nan_close():
+    assert not compare("nan", torch.tensor([math.nan]), torch.tensor([math.nan]))
+
+
+def test_compare_refuses_different_shapes():
+    with pytest.raises(ValueError, match=r"shapes differ: ours \(2,\) vs reference \(3,\)"):
+        compare("w", torch.zeros(2), torch.zeros(3))
+
+
+def test_compare_refuses_a_non_numeric_value():
+    with pytest.raises(TypeError, match="list"):
+        compare("w", [1.0, 2.0], torch.zeros(2))
+
+
+@pytest.mark.parametrize("atol", [-1.0, math.inf, math.nan])
+def test_compare_refuses_a_bad_tolerance(atol):
+    with pytest.raises(ValueError, match="atol"):
+        compare("w", torch.zeros(1), torch.zeros(1), atol=atol)
+
+
+def test_assert_close_raises_when_values_differ():
+    with pytest.raises(AssertionError, match="grad"):
+        assert_close("grad", torch.tensor([1.0]), torch.tensor([2.0]))
+
+
+def test_finite_difference_grad_matches_a_closed_form():
+    x = torch.tensor([0.3, -1.2, 2.0], dtype=torch.float64)
+    numeric = finite_difference_grad(lambda v: (v.sin() * v).sum(), x)
+    exact = x.sin() + x * x.cos()
+    assert torch.allclose(numeric, exact, atol=1e-9)
+
+
+def test_finite_difference_grad_keeps_shape_and_leaves_x_unchanged():
+    x = torch.randn(2, 3, dtype=torch.float64)
+    before = x.clone()
+    grad = finite_difference_grad(lambda v: (v**2).sum(), x)
+    assert grad.shape == x.shape and torch.equal(x, before)
+
+
+@pytest.mark.parametrize("eps", [0.0, -1e-6, math.inf, math.nan])
+def test_finite_difference_grad_refuses_a_non_positive_or_non_finite_eps(eps):
+    with pytest.raises(ValueError, match="eps"):
+        finite_difference_grad(lambda v: v.sum(), torch.zeros(2, dtype=torch.float64), eps=eps)
+
+
+def test_finite_difference_grad_refuses_an_integer_tensor():
+    with pytest.raises(TypeError, match="floating-point"):
+        finite_difference_grad(lambda v: v.sum(), torch.zeros(2, dtype=torch.int64))
+
+
+def test_finite_difference_grad_refuses_a_non_callable():
+    with pytest.raises(TypeError, match="callable"):
+        finite_difference_grad(3.0, torch.zeros(2, dtype=torch.float64))
+
+
+def test_finite_difference_grad_refuses_a_function_with_a_vector_output():
+    with pytest.raises(ValueError, match="scalar"):
+        finite_difference_grad(lambda v: v * 2, torch.zeros(2, dtype=torch.float64))

@@ -1,0 +1,40 @@
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from gradcourse.env import device, seed_everything, versions
+
+
+def test_device_is_a_torch_device_that_holds_tensors():
+    chosen = device()
+    assert isinstance(chosen, torch.device)
+    assert torch.ones(2, device=chosen).sum().item() == 2
+
+
+def test_seed_everything_makes_all_generators_repeat():
+    seed_everything(123)
+    first = (random.random(), np.random.rand(), torch.rand(3))
+    seed_everything(123)
+    second = (random.random(), np.random.rand(), torch.rand(3))
+    assert first[0] == second[0] and first[1] == second[1]
+    assert torch.equal(first[2], second[2])
+
+
+@pytest.mark.parametrize("seed", [1.5, "0", None, True])
+def test_seed_everything_refuses_a_non_integer_seed(seed):
+    with pytest.raises(TypeError, match="seed must be an int"):
+        seed_everything(seed)
+
+
+@pytest.mark.parametrize("seed", [-1, 2**32])
+def test_seed_everything_refuses_a_seed_out_of_range(seed):
+    with pytest.raises(ValueError, match=str(seed)):
+        seed_everything(seed)
+
+
+def test_versions_names_python_torch_numpy_and_the_device():
+    found = versions()
+    assert {"python", "torch", "numpy", "gradcourse", "device"} <= set(found)
+    assert found["torch"] == torch.__version__

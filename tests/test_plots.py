@@ -1,0 +1,77 @@
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from gradcourse.plots import PALETTE, label, layer_histograms, subplots, use_style  # noqa: E402
+
+
+def test_use_style_sets_the_palette():
+    use_style()
+    colors = matplotlib.rcParams["axes.prop_cycle"].by_key()["color"]
+    assert tuple(c.upper() for c in colors) == tuple(c.upper() for c in PALETTE)
+
+
+def test_subplots_returns_one_axes_per_panel():
+    fig, axes = subplots(2, 3)
+    assert axes.shape == (2, 3)
+    plt.close(fig)
+
+
+@pytest.mark.parametrize("nrows", [0, -1])
+def test_subplots_refuses_fewer_than_one_row(nrows):
+    with pytest.raises(ValueError, match="nrows"):
+        subplots(nrows, 1)
+
+
+def test_subplots_refuses_a_non_integer_count():
+    with pytest.raises(TypeError, match="ncols"):
+        subplots(1, 2.0)
+
+
+def test_label_sets_both_axes_and_the_title():
+    fig, ax = subplots()
+    label(ax, "step size h", "error (log scale)", title="t")
+    assert (ax.get_xlabel(), ax.get_ylabel(), ax.get_title()) == ("step size h", "error (log scale)", "t")
+    plt.close(fig)
+
+
+@pytest.mark.parametrize("xlabel", ["", "   ", None])
+def test_label_refuses_an_empty_axis_label(xlabel):
+    fig, ax = subplots()
+    with pytest.raises(ValueError, match="xlabel"):
+        label(ax, xlabel, "count")
+    plt.close(fig)
+
+
+def test_label_refuses_something_that_is_not_axes():
+    with pytest.raises(TypeError, match="Axes"):
+        label("ax", "x", "y")
+
+
+def test_layer_histograms_draws_one_labelled_panel_per_layer():
+    fig = layer_histograms({"layer1.weight": torch.randn(10, 5), "layer2.weight": torch.randn(3, 10)})
+    axes = fig.get_axes()
+    assert [ax.get_title() for ax in axes] == ["layer1.weight", "layer2.weight"]
+    assert all(ax.get_xlabel() and ax.get_ylabel() for ax in axes)
+    plt.close(fig)
+
+
+def test_layer_histograms_log_magnitude_skips_zeros():
+    fig = layer_histograms({"w": torch.tensor([0.0, 1e-3, 1.0])}, log_magnitude=True, bins=2)
+    counts = sum(patch.get_height() for patch in fig.get_axes()[0].patches)
+    assert counts == 2
+    plt.close(fig)
+
+
+def test_layer_histograms_refuses_an_empty_mapping():
+    with pytest.raises(ValueError, match="empty"):
+        layer_histograms({})
+
+
+def test_layer_histograms_refuses_a_non_tensor_value():
+    with pytest.raises(TypeError, match="values\\['w'\\]"):
+        layer_histograms({"w": [1.0, 2.0]})

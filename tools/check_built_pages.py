@@ -1,0 +1,146 @@
+"""Open every chapter of the built book in headless Chromium and check what a reader would see.
+
+For each chapter listed in ``_toc.yml`` the page is served from ``_build/html`` on 127.0.0.1, loaded in
+Debian's ``chromium`` (``--dump-dom`` after MathJax has run) and must have:
+
+- executed outputs (``div.cell_output``) and no error output (no traceback in an output);
+- at least one figure (an ``<img>`` in an output, whose file exists in the built site);
+- rendered math: MathJax's ``<mjx-container>`` elements in the DOM after load, with MathJax served from
+  the site itself (no CDN);
+- at least one citation linking to the references page;
+- Colab and Binder launch links pointing at this chapter's notebook in the repository.
+
+Usage: ``python tools/check_built_pages.py _build/html``. Exit status 1 lists every failed check.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import http.server
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import yaml
+from bs4 import BeautifulSoup
+
+ROOT = Path(__file__).resolve().parent.parent
+CHROMIUM_FLAGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    "--disable-dev-shm-usage", "--virtual-time-budget=30000",
+]
+
+
+def chapter_files(toc_path: Path = ROOT / "_toc.yml") -> list[str]:
+    """The chapter notebooks listed in ``_toc.yml``, as paths without suffix (``chapters/01_...``)."""
+    toc = yaml.safe_load(toc_path.read_text())
+    files = [entry["file"] for part in toc.get("parts", []) for entry in part.get("chapters", [])]
+    return [name for name in files if name.startswith("chapters/")]
+
+
+@contextlib.contextmanager
+def serve(folder: Path) -> Iterator[str]:
+    """Serve ``folder`` on 127.0.0.1 (a free port) for the duration of the block; yield the base URL."""
+    handler = functools.partial(QuietHandler, directory=str(folder))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+class QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 (the base class's name)
+        pass
+
+
+def rendered_dom(browser: str, url: str) -> str:
+    """The DOM of ``url`` after load and after scripts (MathJax) ran, as Chromium serialises it."""
+    with tempfile.TemporaryDirectory() as profile:
+        result = subprocess.run(
+            [browser, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "--dump-dom", url],
+            capture_output=True, text=True, timeout=120,
+        )
+    if result.returncode != 0 or "<html" not in result.stdout:
+        raise RuntimeError(f"chromium failed on {url} (exit {result.returncode}): {result.stderr[-2000:]}")
+    return result.stdout
+
+
+def check_page(html: str, page: Path, site: Path, chapter: str, repository_url: str) -> list[str]:
+    """Every problem found on one chapter page (empty when the page is fine)."""
+    soup = BeautifulSoup(html, "html.parser")
+    problems = []
+    outputs = soup.select("div.cell_output")
+    if not outputs:
+        problems.append("no executed outputs (div.cell_output)")
+    for output in outputs:
+        if "Traceback (most recent call last)" in output.get_text():
+            problems.append("an output holds a traceback")
+            break
+    images = [img for output in outputs for img in output.find_all("img")]
+    if not images:
+        problems.append("no figure in the outputs")
+    for img in images:
+        src = img.get("src", "")
+        if not src.startswith("data:") and not (page.parent / src).resolve().is_file():
+            problems.append(f"figure {src} is missing from the built site")
+    math = soup.find_all("mjx-container")
+    if not math:
+        problems.append("no rendered math (no mjx-container after load)")
+    mathjax_scripts = [s.get("src", "") for s in soup.find_all("script") if "mathjax" in s.get("src", "").lower()]
+    if not mathjax_scripts or any("://" in src for src in mathjax_scripts):
+        problems.append(f"MathJax must be served by the site itself, found {mathjax_scripts}")
+    citations = [a for a in soup.find_all("a", href=True) if a["href"].split("#")[0].endswith("references.html")
+                 and "#" in a["href"]]
+    if not citations:
+        problems.append("no citation linking to the references page")
+    repo = repository_url.removeprefix("https://github.com/")
+    expected_links = {
+        "Colab": f"https://colab.research.google.com/github/{repo}/blob/main/{chapter}.ipynb",
+        "Binder": f"https://mybinder.org/v2/gh/{repo}/main?urlpath=tree/{chapter}.ipynb",
+    }
+    hrefs = {a["href"] for a in soup.find_all("a", href=True)}
+    for service, link in expected_links.items():
+        if link not in hrefs:
+            problems.append(f"no {service} link {link}")
+    print(f"{chapter}: {len(outputs)} outputs, {len(images)} figures, {len(math)} math elements, "
+          f"{len(citations)} citation links")
+    return problems
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 1:
+        print(__doc__)
+        return 2
+    site = Path(argv[0]).resolve()
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    if browser is None:
+        print("chromium not found: install Debian's chromium package (apt-get install chromium)")
+        return 2
+    repository_url = yaml.safe_load((ROOT / "_config.yml").read_text())["repository"]["url"].rstrip("/")
+    failures = []
+    with serve(site) as base_url:
+        for chapter in chapter_files():
+            page = site / f"{chapter}.html"
+            if not page.is_file():
+                failures.append(f"{chapter}: page {page} was not built")
+                continue
+            html = rendered_dom(browser, f"{base_url}/{chapter}.html")
+            failures += [f"{chapter}: {problem}" for problem in check_page(html, page, site, chapter, repository_url)]
+    for failure in failures:
+        print(f"FAIL {failure}")
+    print(f"built pages: {len(chapter_files())} chapters checked, {len(failures)} problems")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
