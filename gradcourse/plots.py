@@ -71,7 +71,7 @@ def subplots(nrows: int = 1, ncols: int = 1, *, width: float | None = None,
     return plt.subplots(nrows, ncols, figsize=(width, height), **kwargs)
 
 
-def label(ax: Axes, xlabel: str, ylabel: str, title: str | None = None) -> Axes:
+def label(ax: Axes, xlabel: str, ylabel: str, title: str | None = None) -> None:
     """Name both axes (with units, e.g. ``"step size h"``, ``"|error| (log scale)"``) and, optionally, the panel.
 
     Raises:
@@ -87,7 +87,6 @@ def label(ax: Axes, xlabel: str, ylabel: str, title: str | None = None) -> Axes:
     ax.set_ylabel(ylabel)
     if title is not None:
         ax.set_title(title)
-    return ax
 
 
 def layer_histograms(values: Mapping[str, torch.Tensor], *, bins: int = 60,
