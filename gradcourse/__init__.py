@@ -5,6 +5,7 @@ Every module is small and is taught by a chapter of the book; its docstrings say
 - :mod:`gradcourse.env`      device, seeding, versions (every chapter's setup cell)
 - :mod:`gradcourse.check`    compare with autograd and finite differences (Chapter 1)
 - :mod:`gradcourse.autodiff` a tiny scalar reverse-mode engine (Chapter 1)
+- :mod:`gradcourse.measure`  fitting measured curves: log-log slopes (Chapters 1, 2)
 - :mod:`gradcourse.plots`    the house style of every figure
 """
 
