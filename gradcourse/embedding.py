@@ -1,0 +1,117 @@
+"""The backward pass of an embedding lookup, written four ways, and its sparse form.
+
+Taught in: Chapter 3 (the sparse embedding backward). A lookup ``E[token_ids]`` is the matrix product
+``one_hot(token_ids) @ E``, so its gradient is ``one_hot(token_ids)^T @ grad_output``: only the rows of
+ids that occur receive gradient, and a row that occurs several times receives the sum.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+METHODS = ("loop", "scatter_add", "index_add", "one_hot")
+
+
+def _check_lookup(grad_output: torch.Tensor, token_ids: torch.Tensor, num_embeddings: int) -> int:
+    """Validate the arguments of a lookup's backward (before any index is used); return ``dim``."""
+    if isinstance(num_embeddings, bool) or not isinstance(num_embeddings, int):
+        raise TypeError(f"num_embeddings must be an int, got {num_embeddings!r}")
+    if num_embeddings < 1:
+        raise ValueError(f"num_embeddings must be >= 1, got {num_embeddings}")
+    if not isinstance(token_ids, torch.Tensor):
+        raise TypeError(f"token_ids must be a tensor, got {type(token_ids).__name__}")
+    if token_ids.dtype not in (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8):
+        raise TypeError(f"token_ids must hold integers, got dtype {token_ids.dtype}")
+    if not isinstance(grad_output, torch.Tensor) or not grad_output.is_floating_point():
+        raise TypeError("grad_output must be a floating-point tensor, got "
+                        + (f"dtype {grad_output.dtype}" if isinstance(grad_output, torch.Tensor)
+                           else type(grad_output).__name__))
+    if grad_output.dim() != token_ids.dim() + 1 or grad_output.shape[:-1] != token_ids.shape:
+        raise ValueError(f"grad_output must have shape token_ids.shape + (dim,) = {tuple(token_ids.shape)} + (dim,), "
+                         f"got {tuple(grad_output.shape)}")
+    if token_ids.numel():
+        # one device-to-host transfer for both bounds; checked here so a GPU never hits a device-side assert
+        low, high = torch.stack([token_ids.min(), token_ids.max()]).tolist()
+        if low < 0 or high >= num_embeddings:
+            offending = low if low < 0 else high
+            raise ValueError(f"token id {offending} is outside [0, {num_embeddings}) (num_embeddings={num_embeddings})")
+    return grad_output.shape[-1]
+
+
+def _normalise_padding_idx(padding_idx: int | None, num_embeddings: int) -> int | None:
+    if padding_idx is None:
+        return None
+    if isinstance(padding_idx, bool) or not isinstance(padding_idx, int):
+        raise TypeError(f"padding_idx must be an int or None, got {padding_idx!r}")
+    if not -num_embeddings <= padding_idx < num_embeddings:
+        raise ValueError(f"padding_idx {padding_idx} is outside [-{num_embeddings}, {num_embeddings})")
+    return padding_idx % num_embeddings  # a negative index counts from the end, as in nn.Embedding
+
+
+def embedding_backward(
+    grad_output: torch.Tensor,
+    token_ids: torch.Tensor,
+    num_embeddings: int,
+    *,
+    method: str = "index_add",
+    padding_idx: int | None = None,
+    scale_grad_by_freq: bool = False,
+) -> torch.Tensor:
+    """The gradient of ``F.embedding(token_ids, weight)`` with respect to ``weight``, as a dense tensor.
+
+    Args:
+        grad_output: dL/d(output), shape ``token_ids.shape + (dim,)``, floating point.
+        token_ids: integer tensor of any shape, every id in ``[0, num_embeddings)``.
+        num_embeddings: rows of the embedding matrix (the vocabulary size).
+        method: ``"loop"`` (one row update per position: the teaching version), ``"scatter_add"``,
+            ``"index_add"`` or ``"one_hot"`` (the matrix product ``one_hot(ids)^T @ grad_output``).
+        padding_idx: a row that never receives gradient, as in ``nn.Embedding`` (negative counts from the end).
+        scale_grad_by_freq: divide each position's gradient by how often its id occurs in ``token_ids``.
+
+    Returns:
+        ``(num_embeddings, dim)`` tensor with the dtype and device of ``grad_output``: equal to the
+        ``weight.grad`` that PyTorch's own backward produces.
+
+    Raises:
+        TypeError: ids are not integers, ``grad_output`` is not floating point, an argument has the wrong type.
+        ValueError: an id is outside ``[0, num_embeddings)``, the shapes do not match, ``padding_idx`` is
+            out of range, or ``method`` is unknown.
+    """
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    dim = _check_lookup(grad_output, token_ids, num_embeddings)
+    padding_idx = _normalise_padding_idx(padding_idx, num_embeddings)
+    flat_ids = token_ids.reshape(-1).long()
+    flat_grad = grad_output.reshape(-1, dim)
+    if scale_grad_by_freq:
+        counts = torch.bincount(flat_ids, minlength=num_embeddings)
+        flat_grad = flat_grad / counts[flat_ids].unsqueeze(1).to(flat_grad.dtype)
+
+    grad_weight = torch.zeros(num_embeddings, dim, dtype=grad_output.dtype, device=grad_output.device)
+    if method == "loop":
+        for position, token in enumerate(flat_ids.tolist()):
+            grad_weight[token] += flat_grad[position]
+    elif method == "scatter_add":
+        grad_weight.scatter_add_(0, flat_ids.unsqueeze(1).expand(-1, dim), flat_grad)
+    elif method == "index_add":
+        grad_weight.index_add_(0, flat_ids, flat_grad)
+    else:  # one_hot
+        grad_weight = F.one_hot(flat_ids, num_embeddings).to(flat_grad.dtype).T @ flat_grad
+    if padding_idx is not None:
+        grad_weight[padding_idx] = 0
+    return grad_weight
+
+
+def sparse_embedding_grad(grad_output: torch.Tensor, token_ids: torch.Tensor, num_embeddings: int) -> torch.Tensor:
+    """The gradient of an embedding lookup as a coalesced sparse COO tensor of shape ``(num_embeddings, dim)``.
+
+    Equal to ``nn.Embedding(..., sparse=True)``'s ``weight.grad.coalesce()``: one stored row per distinct
+    id (duplicates summed), in increasing id order. Validates its arguments like :func:`embedding_backward`.
+    """
+    dim = _check_lookup(grad_output, token_ids, num_embeddings)
+    flat_ids = token_ids.reshape(-1).long()
+    # the ids were range-checked above, so the tensor's invariants hold without PyTorch re-checking them
+    uncoalesced = torch.sparse_coo_tensor(flat_ids.unsqueeze(0), grad_output.reshape(-1, dim),
+                                          (num_embeddings, dim), check_invariants=False)
+    return uncoalesced.coalesce()

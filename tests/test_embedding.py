@@ -1,0 +1,114 @@
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from gradcourse.embedding import METHODS, embedding_backward, sparse_embedding_grad
+
+
+def torch_weight_grad(token_ids, grad_output, num_embeddings, padding_idx=None, scale_grad_by_freq=False,
+                      sparse=False):
+    weight = torch.randn(num_embeddings, grad_output.shape[-1], dtype=torch.float64, requires_grad=True)
+    out = F.embedding(token_ids, weight, padding_idx=padding_idx, scale_grad_by_freq=scale_grad_by_freq,
+                      sparse=sparse)
+    out.backward(grad_output)
+    return weight.grad
+
+
+@st.composite
+def lookups(draw):
+    num_embeddings = draw(st.integers(1, 12))
+    shape = tuple(draw(st.lists(st.integers(1, 5), min_size=1, max_size=3)))
+    dim = draw(st.integers(1, 4))
+    seed = draw(st.integers(0, 2**16))
+    g = torch.Generator().manual_seed(seed)
+    token_ids = torch.randint(0, num_embeddings, shape, generator=g)
+    grad_output = torch.randn(*shape, dim, dtype=torch.float64, generator=g)
+    padding_idx = draw(st.one_of(st.none(), st.integers(-num_embeddings, num_embeddings - 1)))
+    return token_ids, grad_output, num_embeddings, padding_idx, draw(st.booleans())
+
+
+@pytest.mark.parametrize("method", METHODS)
+@given(case=lookups())
+@settings(max_examples=60, deadline=None)
+def test_every_method_equals_pytorchs_backward(method, case):
+    token_ids, grad_output, num_embeddings, padding_idx, scale = case
+    ours = embedding_backward(grad_output, token_ids, num_embeddings, method=method,
+                              padding_idx=padding_idx, scale_grad_by_freq=scale)
+    reference = torch_weight_grad(token_ids, grad_output, num_embeddings, padding_idx, scale)
+    torch.testing.assert_close(ours, reference, atol=1e-12, rtol=1e-12)
+
+
+def test_repeated_ids_add_up_and_unused_rows_stay_zero():
+    token_ids = torch.tensor([2, 2, 0])
+    grad_output = torch.tensor([[1.0], [10.0], [100.0]], dtype=torch.float64)
+    grad = embedding_backward(grad_output, token_ids, 4)
+    assert grad.squeeze(1).tolist() == [100.0, 0.0, 11.0, 0.0]
+
+
+@given(case=lookups())
+@settings(max_examples=60, deadline=None)
+def test_sparse_gradient_equals_nn_embedding_sparse_after_coalesce(case):
+    token_ids, grad_output, num_embeddings, _, _ = case
+    ours = sparse_embedding_grad(grad_output, token_ids, num_embeddings)
+    reference = torch_weight_grad(token_ids, grad_output, num_embeddings, sparse=True).coalesce()
+    assert ours.is_coalesced()
+    assert torch.equal(ours.indices(), reference.indices())
+    torch.testing.assert_close(ours.values(), reference.values(), atol=1e-12, rtol=1e-12)
+
+
+def test_sparse_gradient_stores_one_row_per_distinct_id():
+    token_ids = torch.tensor([[5, 1, 5], [1, 1, 7]])
+    grad = sparse_embedding_grad(torch.ones(2, 3, 2, dtype=torch.float64), token_ids, 10)
+    assert grad.indices().squeeze(0).tolist() == [1, 5, 7]
+    assert grad.values()[:, 0].tolist() == [3.0, 2.0, 1.0]
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_float_ids_are_refused(method):
+    with pytest.raises(TypeError, match="token_ids must hold integers, got dtype torch.float32"):
+        embedding_backward(torch.zeros(2, 3), torch.tensor([0.0, 1.0]), 4, method=method)
+
+
+@pytest.mark.parametrize("bad_id", [-1, 4, 100])
+def test_an_id_outside_the_vocabulary_is_refused_and_named(bad_id):
+    with pytest.raises(ValueError, match=rf"token id {bad_id} is outside \[0, 4\)"):
+        embedding_backward(torch.zeros(2, 3), torch.tensor([0, bad_id]), 4)
+
+
+def test_sparse_refuses_an_id_outside_the_vocabulary():
+    with pytest.raises(ValueError, match=r"token id 9 is outside \[0, 4\)"):
+        sparse_embedding_grad(torch.zeros(1, 3), torch.tensor([9]), 4)
+
+
+def test_grad_output_of_the_wrong_shape_is_refused():
+    with pytest.raises(ValueError, match=r"token_ids.shape \+ \(dim,\) = \(2, 3\) \+ \(dim,\), got \(3, 2, 5\)"):
+        embedding_backward(torch.zeros(3, 2, 5), torch.zeros(2, 3, dtype=torch.long), 4)
+
+
+def test_integer_grad_output_is_refused():
+    with pytest.raises(TypeError, match="grad_output must be a floating-point tensor"):
+        embedding_backward(torch.zeros(2, 3, dtype=torch.long), torch.tensor([0, 1]), 4)
+
+
+@pytest.mark.parametrize("padding_idx", [4, -5])
+def test_padding_idx_out_of_range_is_refused(padding_idx):
+    with pytest.raises(ValueError, match=rf"padding_idx {padding_idx} is outside \[-4, 4\)"):
+        embedding_backward(torch.zeros(2, 3), torch.tensor([0, 1]), 4, padding_idx=padding_idx)
+
+
+def test_an_unknown_method_is_refused():
+    with pytest.raises(ValueError, match="method must be one of .* got 'fast'"):
+        embedding_backward(torch.zeros(2, 3), torch.tensor([0, 1]), 4, method="fast")
+
+
+@pytest.mark.parametrize("num_embeddings", [0, -3])
+def test_a_non_positive_vocabulary_is_refused(num_embeddings):
+    with pytest.raises(ValueError, match="num_embeddings must be >= 1"):
+        embedding_backward(torch.zeros(2, 3), torch.tensor([0, 1]), num_embeddings)
+
+
+def test_a_list_of_ids_is_refused():
+    with pytest.raises(TypeError, match="token_ids must be a tensor, got list"):
+        embedding_backward(torch.zeros(2, 3), [0, 1], 4)
