@@ -1,0 +1,202 @@
+"""Data that needs no download: Zipfian token ids, a text corpus from Python's own docstrings, tokenizers
+and a small byte-pair encoding.
+
+Taught in: Chapter 4 (token frequency: Zipfian ids, subword pieces shared by many words); the corpus and
+tokenizers are reused by the chapters that train TinyGPT.
+"""
+
+from __future__ import annotations
+
+import collections
+import importlib
+import inspect
+import re
+
+import torch
+
+#: Standard-library modules whose docstrings make the corpus: present on every Python >= 3.10. The text
+#: differs a little between Python versions, so nothing may depend on its exact content.
+CORPUS_MODULES = (
+    "argparse", "calendar", "codecs", "collections", "configparser", "contextlib", "copy", "csv",
+    "dataclasses", "datetime", "decimal", "difflib", "enum", "fractions", "functools", "heapq", "inspect",
+    "itertools", "json", "logging", "mailbox", "optparse", "pathlib", "pickle", "pprint", "queue", "random",
+    "shlex", "shutil", "smtplib", "statistics", "string", "tarfile", "tempfile", "textwrap", "threading",
+    "tokenize", "traceback", "unittest", "uuid", "weakref", "zipfile",
+)
+
+END_OF_WORD = "</w>"
+_WORD = re.compile(r"[a-z]+|[0-9]+|[^\sa-z0-9]")
+
+
+def _check_positive_int(name: str, value: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {value!r}")
+    if value < 1:
+        raise ValueError(f"{name} must be >= 1, got {value}")
+
+
+def zipf_token_ids(num_tokens: int, vocab_size: int, exponent: float = 1.0, *, seed: int = 0) -> torch.Tensor:
+    """Token ids drawn with ``P(id = r) proportional to 1 / (r + 1) ** exponent``: id 0 is the most frequent.
+
+    Returns:
+        ``(num_tokens,)`` int64 tensor with ids in ``[0, vocab_size)``.
+
+    Raises:
+        TypeError / ValueError: ``num_tokens`` or ``vocab_size`` is not a positive int, or ``exponent`` is
+            not a finite number >= 0.
+    """
+    _check_positive_int("num_tokens", num_tokens)
+    _check_positive_int("vocab_size", vocab_size)
+    if isinstance(exponent, bool) or not isinstance(exponent, (int, float)):
+        raise TypeError(f"exponent must be a number, got {exponent!r}")
+    if not (exponent >= 0 and exponent != float("inf")):
+        raise ValueError(f"exponent must be finite and >= 0, got {exponent}")
+    ranks = torch.arange(1, vocab_size + 1, dtype=torch.float64)
+    probabilities = ranks.pow(-float(exponent))
+    generator = torch.Generator().manual_seed(seed)
+    return torch.multinomial(probabilities / probabilities.sum(), num_tokens, replacement=True, generator=generator)
+
+
+def stdlib_corpus(max_chars: int | None = None) -> str:
+    """English text available offline everywhere: docstrings of :data:`CORPUS_MODULES` and their public members.
+
+    Deterministic for a given Python version (modules, then members, in sorted order).
+    """
+    if max_chars is not None:
+        _check_positive_int("max_chars", max_chars)
+    pieces: list[str] = []
+    for module_name in CORPUS_MODULES:
+        module = importlib.import_module(module_name)
+        pieces.append(inspect.getdoc(module) or "")
+        for name in sorted(vars(module)):
+            member = getattr(module, name)
+            if name.startswith("_") or not (inspect.isclass(member) or inspect.isfunction(member)):
+                continue
+            if getattr(member, "__module__", None) == module_name:
+                pieces.append(inspect.getdoc(member) or "")
+    text = "\n\n".join(piece for piece in pieces if piece)
+    return text if max_chars is None else text[:max_chars]
+
+
+def words(text: str) -> list[str]:
+    """Lower-cased words, numbers and single punctuation marks of ``text``, in order."""
+    if not isinstance(text, str):
+        raise TypeError(f"text must be a str, got {type(text).__name__}")
+    return _WORD.findall(text.lower())
+
+
+class CharTokenizer:
+    """Characters as tokens; the vocabulary is every character of the training text, sorted."""
+
+    def __init__(self, text: str) -> None:
+        if not isinstance(text, str) or not text:
+            raise ValueError("CharTokenizer needs a non-empty training text")
+        self.vocab: list[str] = sorted(set(text))
+        self._index = {char: i for i, char in enumerate(self.vocab)}
+
+    def __len__(self) -> int:
+        return len(self.vocab)
+
+    def encode(self, text: str) -> torch.Tensor:
+        """``(len(text),)`` int64 ids; raises ``ValueError`` naming a character not in the vocabulary."""
+        unknown = next((char for char in text if char not in self._index), None)
+        if unknown is not None:
+            raise ValueError(f"character {unknown!r} is not in the vocabulary")
+        return torch.tensor([self._index[char] for char in text], dtype=torch.long)
+
+    def decode(self, token_ids: torch.Tensor) -> str:
+        return "".join(self.vocab[i] for i in token_ids.tolist())
+
+
+class WordTokenizer:
+    """Words (see :func:`words`) as tokens, most frequent first; id 0 is ``<unk>`` for anything unseen.
+
+    Args:
+        text: the training text.
+        max_vocab: keep at most this many tokens (``<unk>`` included); ``None`` keeps every word.
+    """
+
+    UNKNOWN = "<unk>"
+
+    def __init__(self, text: str, max_vocab: int | None = None) -> None:
+        if max_vocab is not None:
+            _check_positive_int("max_vocab", max_vocab)
+        counts = collections.Counter(words(text))
+        if not counts:
+            raise ValueError("WordTokenizer needs a training text with at least one word")
+        ranked = sorted(counts, key=lambda word: (-counts[word], word))
+        keep = ranked if max_vocab is None else ranked[: max_vocab - 1]
+        self.vocab: list[str] = [self.UNKNOWN, *keep]
+        self.counts: list[int] = [0, *(counts[word] for word in keep)]
+        self._index = {word: i for i, word in enumerate(self.vocab)}
+
+    def __len__(self) -> int:
+        return len(self.vocab)
+
+    def encode(self, text: str) -> torch.Tensor:
+        """``(number of words,)`` int64 ids; unseen words map to 0 (``<unk>``)."""
+        return torch.tensor([self._index.get(word, 0) for word in words(text)], dtype=torch.long)
+
+    def decode(self, token_ids: torch.Tensor) -> str:
+        return " ".join(self.vocab[i] for i in token_ids.tolist())
+
+
+def _merge_pair(symbols: tuple[str, ...], pair: tuple[str, str]) -> tuple[str, ...]:
+    merged: list[str] = []
+    i = 0
+    while i < len(symbols):
+        if i + 1 < len(symbols) and (symbols[i], symbols[i + 1]) == pair:
+            merged.append(symbols[i] + symbols[i + 1])
+            i += 2
+        else:
+            merged.append(symbols[i])
+            i += 1
+    return tuple(merged)
+
+
+def train_bpe(text: str, num_merges: int) -> list[tuple[str, str]]:
+    """Learn byte-pair-encoding merges (Sennrich et al., 2016) from the words of ``text``.
+
+    Each word starts as its characters plus an end-of-word marker ``</w>``; each step merges the most
+    frequent adjacent pair (ties broken by the pair itself, so the result is deterministic). Stops early
+    when no pair is left.
+
+    Returns:
+        The merges in the order learned; :func:`encode` applies them in that order.
+    """
+    _check_positive_int("num_merges", num_merges)
+    vocabulary = collections.Counter(tuple(word) + (END_OF_WORD,) for word in words(text))
+    merges: list[tuple[str, str]] = []
+    for _ in range(num_merges):
+        pairs: collections.Counter[tuple[str, str]] = collections.Counter()
+        for symbols, count in vocabulary.items():
+            for pair in zip(symbols, symbols[1:]):
+                pairs[pair] += count
+        if not pairs:
+            break
+        best = min(pairs, key=lambda pair: (-pairs[pair], pair))
+        merges.append(best)
+        merged: collections.Counter[tuple[str, ...]] = collections.Counter()
+        for symbols, count in vocabulary.items():
+            merged[_merge_pair(symbols, best)] += count
+        vocabulary = merged
+    return merges
+
+
+def encode(text: str, merges: list[tuple[str, str]]) -> list[str]:
+    """Split ``text`` into BPE pieces by applying ``merges`` (from :func:`train_bpe`) to each word in order.
+
+    The last piece of each word ends with ``</w>``, so ``"".join(pieces)`` with the markers replaced by
+    spaces gives the words back.
+    """
+    if not isinstance(merges, list) or not all(isinstance(m, tuple) and len(m) == 2 for m in merges):
+        raise TypeError("merges must be a list of (str, str) pairs, as train_bpe returns")
+    pieces: list[str] = []
+    for word in words(text):
+        symbols = tuple(word) + (END_OF_WORD,)
+        for pair in merges:
+            if len(symbols) == 1:
+                break
+            symbols = _merge_pair(symbols, pair)
+        pieces.extend(symbols)
+    return pieces

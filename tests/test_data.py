@@ -1,0 +1,118 @@
+import math
+
+import pytest
+import torch
+
+from gradcourse.data import (END_OF_WORD, CharTokenizer, WordTokenizer, encode, stdlib_corpus, train_bpe,
+                             words, zipf_token_ids)
+
+
+def test_zipf_ids_are_in_range_with_the_requested_count():
+    ids = zipf_token_ids(5000, 50, exponent=1.1, seed=3)
+    assert ids.shape == (5000,) and ids.dtype == torch.long
+    assert ids.min() >= 0 and ids.max() < 50
+
+
+def test_zipf_ids_repeat_for_the_same_seed():
+    assert torch.equal(zipf_token_ids(100, 20, seed=1), zipf_token_ids(100, 20, seed=1))
+
+
+def test_zipf_frequencies_follow_the_power_law():
+    ids = zipf_token_ids(200_000, 100, exponent=1.0, seed=0)
+    counts = torch.bincount(ids, minlength=100).double()
+    # frequency of rank r is proportional to 1/r: count(0)/count(9) ~ 10
+    assert counts[0] / counts[9] == pytest.approx(10, rel=0.1)
+
+
+def test_zipf_exponent_zero_is_uniform():
+    counts = torch.bincount(zipf_token_ids(100_000, 10, exponent=0.0), minlength=10).double()
+    assert (counts / counts.mean() - 1).abs().max() < 0.05
+
+
+@pytest.mark.parametrize("exponent", [-0.5, math.inf, math.nan])
+def test_zipf_refuses_a_bad_exponent(exponent):
+    with pytest.raises(ValueError, match="exponent"):
+        zipf_token_ids(10, 5, exponent=exponent)
+
+
+@pytest.mark.parametrize("vocab_size", [0, 2.5])
+def test_zipf_refuses_a_bad_vocab_size(vocab_size):
+    with pytest.raises((ValueError, TypeError), match="vocab_size"):
+        zipf_token_ids(10, vocab_size)
+
+
+def test_stdlib_corpus_is_english_text_of_useful_size():
+    text = stdlib_corpus()
+    assert len(text) > 150_000  # enough for a small language model
+    assert {"the", "return", "file"} <= set(words(text))
+
+
+def test_stdlib_corpus_is_deterministic_and_can_be_truncated():
+    assert stdlib_corpus(1000) == stdlib_corpus()[:1000]
+
+
+def test_words_lowercases_and_splits_punctuation():
+    assert words("Hello, World 42!") == ["hello", ",", "world", "42", "!"]
+
+
+def test_words_refuses_bytes():
+    with pytest.raises(TypeError, match="bytes"):
+        words(b"abc")
+
+
+def test_char_tokenizer_round_trips():
+    tokenizer = CharTokenizer("hello world")
+    assert tokenizer.decode(tokenizer.encode("low hold")) == "low hold"
+
+
+def test_char_tokenizer_names_an_unknown_character():
+    with pytest.raises(ValueError, match="'z'"):
+        CharTokenizer("abc").encode("abz")
+
+
+def test_word_tokenizer_ranks_by_frequency_and_maps_unseen_words_to_unk():
+    tokenizer = WordTokenizer("b a a c a b")
+    assert tokenizer.vocab == ["<unk>", "a", "b", "c"]
+    assert tokenizer.counts == [0, 3, 2, 1]
+    assert tokenizer.encode("a zebra").tolist() == [1, 0]
+
+
+def test_word_tokenizer_max_vocab_counts_unk():
+    assert len(WordTokenizer("a a b c", max_vocab=2)) == 2
+
+
+def test_word_tokenizer_refuses_text_without_words():
+    with pytest.raises(ValueError, match="at least one word"):
+        WordTokenizer("   ")
+
+
+def test_bpe_first_merge_is_the_most_frequent_pair():
+    merges = train_bpe("low low low lower newest newest", 1)
+    assert merges == [("l", "o")]  # ("l", "o") and ("o", "w") both occur 4 times; ties break by the pair
+
+
+def test_bpe_pieces_join_back_to_the_words():
+    text = stdlib_corpus(20_000)
+    merges = train_bpe(text, 200)
+    pieces = encode("the gradients of an embedding", merges)
+    assert "".join(pieces).replace(END_OF_WORD, " ").split() == ["the", "gradients", "of", "an", "embedding"]
+
+
+def test_bpe_shares_a_piece_between_words():
+    merges = train_bpe("playing playing running running jumping jumping", 3)
+    endings = [encode(word, merges)[-1] for word in ("playing", "running", "jumping")]
+    assert endings == ["ing</w>"] * 3
+
+
+def test_bpe_stops_when_nothing_is_left_to_merge():
+    assert len(train_bpe("a", 5)) == 1  # only ("a", "</w>")
+
+
+def test_bpe_refuses_zero_merges():
+    with pytest.raises(ValueError, match="num_merges"):
+        train_bpe("abc", 0)
+
+
+def test_encode_refuses_merges_of_the_wrong_form():
+    with pytest.raises(TypeError, match="merges"):
+        encode("abc", ["ab"])
