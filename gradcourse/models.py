@@ -1,0 +1,148 @@
+"""Models that several chapters train and take apart.
+
+Taught in: Chapter 3 introduces :class:`TinyGPT` (its token embedding); Chapter 5 ties its input and
+output embeddings; Chapter 7 compares its pre-LN and post-LN forms; Chapter 9 monitors its training.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+POSITIONAL = ("learned", "sinusoidal")
+NORMS = ("pre", "post")
+
+
+def sinusoidal_positions(max_len: int, d_model: int) -> torch.Tensor:
+    """The fixed position encodings of Vaswani et al. (2017): ``(max_len, d_model)``, sin on even, cos on odd columns."""
+    positions = torch.arange(max_len, dtype=torch.float32).unsqueeze(1)
+    frequencies = torch.exp(torch.arange(0, d_model, 2, dtype=torch.float32) * (-math.log(10000.0) / d_model))
+    table = torch.zeros(max_len, d_model)
+    table[:, 0::2] = torch.sin(positions * frequencies)
+    table[:, 1::2] = torch.cos(positions * frequencies[: d_model // 2])
+    return table
+
+
+class CausalSelfAttention(nn.Module):
+    """Multi-head self-attention in which position t attends to positions <= t. Input and output ``(B, T, d_model)``."""
+
+    def __init__(self, d_model: int, n_heads: int, dropout: float) -> None:
+        super().__init__()
+        self.n_heads = n_heads
+        self.qkv = nn.Linear(d_model, 3 * d_model)
+        self.proj = nn.Linear(d_model, d_model)
+        self.dropout = dropout
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        batch, length, d_model = hidden.shape
+        q, k, v = self.qkv(hidden).split(d_model, dim=2)
+        q, k, v = (t.view(batch, length, self.n_heads, -1).transpose(1, 2) for t in (q, k, v))  # (B, H, T, d)
+        attended = F.scaled_dot_product_attention(q, k, v, is_causal=True,
+                                                  dropout_p=self.dropout if self.training else 0.0)
+        return self.proj(attended.transpose(1, 2).reshape(batch, length, d_model))
+
+
+class Block(nn.Module):
+    """One transformer block: attention and an MLP, each with a residual connection and a LayerNorm.
+
+    ``norm="pre"``: ``x + f(LN(x))`` (GPT-2); ``norm="post"``: ``LN(x + f(x))`` (the original transformer).
+    """
+
+    def __init__(self, d_model: int, n_heads: int, norm: str, dropout: float) -> None:
+        super().__init__()
+        self.norm = norm
+        self.norm_attention = nn.LayerNorm(d_model)
+        self.attention = CausalSelfAttention(d_model, n_heads, dropout)
+        self.norm_mlp = nn.LayerNorm(d_model)
+        self.mlp = nn.Sequential(nn.Linear(d_model, 4 * d_model), nn.GELU(), nn.Linear(4 * d_model, d_model),
+                                 nn.Dropout(dropout))
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        if self.norm == "pre":
+            hidden = hidden + self.attention(self.norm_attention(hidden))
+            return hidden + self.mlp(self.norm_mlp(hidden))
+        hidden = self.norm_attention(hidden + self.attention(hidden))
+        return self.norm_mlp(hidden + self.mlp(hidden))
+
+
+class TinyGPT(nn.Module):
+    """A small decoder-only transformer language model.
+
+    Args:
+        vocab_size: number of tokens.
+        d_model: width of the residual stream; divisible by ``n_heads``.
+        n_layers, n_heads: blocks and attention heads per block.
+        max_len: the longest sequence accepted (the size of the position table).
+        tie_weights: share one matrix between the token embedding and the output projection
+            (``lm_head.weight is token_embedding.weight``).
+        positional: ``"learned"`` (an ``nn.Embedding`` of positions) or ``"sinusoidal"`` (a fixed buffer:
+            ``position_embedding`` is then ``None``).
+        norm: ``"pre"`` (LayerNorm before each sublayer, and a final LayerNorm) or ``"post"`` (after each
+            residual addition; ``final_norm`` is then the identity, as the last block already normalises).
+        dropout: dropout probability in [0, 1).
+
+    ``forward(token_ids)`` maps ``(B, T)`` integer ids, ``T <= max_len``, to logits ``(B, T, vocab_size)``.
+    Weights are initialised as GPT-2's: normal(0, 0.02), zero biases, LayerNorm at (1, 0).
+    """
+
+    def __init__(self, vocab_size: int, d_model: int = 128, n_layers: int = 2, n_heads: int = 4,
+                 max_len: int = 128, tie_weights: bool = True, positional: str = "learned",
+                 norm: str = "pre", dropout: float = 0.0) -> None:
+        super().__init__()
+        for name, value in (("vocab_size", vocab_size), ("d_model", d_model), ("n_layers", n_layers),
+                            ("n_heads", n_heads), ("max_len", max_len)):
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise TypeError(f"{name} must be an int, got {value!r}")
+            if value < 1:
+                raise ValueError(f"{name} must be >= 1, got {value}")
+        if d_model % n_heads:
+            raise ValueError(f"d_model ({d_model}) must be divisible by n_heads ({n_heads})")
+        if positional not in POSITIONAL:
+            raise ValueError(f"positional must be one of {POSITIONAL}, got {positional!r}")
+        if norm not in NORMS:
+            raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
+        if not 0 <= dropout < 1:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        self.vocab_size, self.max_len = vocab_size, max_len
+        self.token_embedding = nn.Embedding(vocab_size, d_model)
+        if positional == "learned":
+            self.position_embedding: nn.Embedding | None = nn.Embedding(max_len, d_model)
+        else:
+            self.position_embedding = None
+            self.register_buffer("sinusoidal", sinusoidal_positions(max_len, d_model), persistent=False)
+        self.dropout = nn.Dropout(dropout)
+        self.blocks = nn.ModuleList(Block(d_model, n_heads, norm, dropout) for _ in range(n_layers))
+        self.final_norm: nn.Module = nn.LayerNorm(d_model) if norm == "pre" else nn.Identity()
+        self.lm_head = nn.Linear(d_model, vocab_size, bias=False)
+        self.apply(self._init_weights)
+        if tie_weights:
+            self.lm_head.weight = self.token_embedding.weight
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+    def forward(self, token_ids: torch.Tensor) -> torch.Tensor:
+        if not isinstance(token_ids, torch.Tensor) or token_ids.dtype not in (torch.int64, torch.int32):
+            raise TypeError("token_ids must be an int64 or int32 tensor, got "
+                            + (str(token_ids.dtype) if isinstance(token_ids, torch.Tensor) else type(token_ids).__name__))
+        if token_ids.dim() != 2:
+            raise ValueError(f"token_ids must have shape (batch, length), got {tuple(token_ids.shape)}")
+        length = token_ids.shape[1]
+        if length > self.max_len:
+            raise ValueError(f"sequence length {length} exceeds max_len {self.max_len}")
+        hidden = self.token_embedding(token_ids)
+        if self.position_embedding is not None:
+            hidden = hidden + self.position_embedding(torch.arange(length, device=token_ids.device))
+        else:
+            hidden = hidden + self.sinusoidal[:length].to(hidden.dtype)
+        hidden = self.dropout(hidden)
+        for block in self.blocks:
+            hidden = block(hidden)
+        return self.lm_head(self.final_norm(hidden))

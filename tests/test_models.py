@@ -1,0 +1,104 @@
+import pytest
+import torch
+import torch.nn.functional as F
+
+from gradcourse.models import TinyGPT, sinusoidal_positions
+
+
+def small(**kwargs) -> TinyGPT:
+    torch.manual_seed(0)
+    return TinyGPT(vocab_size=50, d_model=32, n_layers=2, n_heads=4, max_len=16, **kwargs)
+
+
+def test_logits_have_shape_batch_length_vocab():
+    assert small()(torch.randint(0, 50, (3, 10))).shape == (3, 10, 50)
+
+
+def test_tied_model_shares_one_storage_between_embedding_and_head():
+    model = small(tie_weights=True)
+    assert model.lm_head.weight is model.token_embedding.weight
+    assert len([p for p in model.parameters()]) == len(set(map(id, model.parameters())))
+
+
+def test_untied_model_has_separate_matrices():
+    model = small(tie_weights=False)
+    assert model.lm_head.weight.data_ptr() != model.token_embedding.weight.data_ptr()
+    tied_count = sum(p.numel() for p in small(tie_weights=True).parameters())
+    assert sum(p.numel() for p in model.parameters()) - tied_count == 50 * 32
+
+
+def test_sinusoidal_model_has_no_position_parameters():
+    model = small(positional="sinusoidal")
+    assert model.position_embedding is None
+    assert not any("position" in name for name, _ in model.named_parameters())
+    assert model(torch.randint(0, 50, (2, 16))).shape == (2, 16, 50)
+
+
+def test_sinusoidal_table_starts_with_sin_zero_and_cos_zero():
+    table = sinusoidal_positions(8, 6)
+    assert table.shape == (8, 6)
+    assert torch.equal(table[0, 0::2], torch.zeros(3)) and torch.equal(table[0, 1::2], torch.ones(3))
+
+
+@pytest.mark.parametrize("norm", ["pre", "post"])
+def test_a_future_token_does_not_change_earlier_logits(norm):
+    model = small(norm=norm).eval()
+    token_ids = torch.randint(0, 50, (1, 12))
+    changed = token_ids.clone()
+    changed[0, 8] = (changed[0, 8] + 1) % 50
+    torch.testing.assert_close(model(token_ids)[:, :8], model(changed)[:, :8])
+    assert not torch.allclose(model(token_ids)[:, 8:], model(changed)[:, 8:])
+
+
+def test_post_norm_model_has_no_final_norm_parameters():
+    assert not any(name.startswith("final_norm") for name, _ in small(norm="post").named_parameters())
+
+
+@pytest.mark.parametrize("norm", ["pre", "post"])
+def test_every_parameter_receives_a_gradient(norm):
+    model = small(norm=norm, tie_weights=False)
+    token_ids = torch.randint(0, 50, (2, 16))
+    logits = model(token_ids)
+    F.cross_entropy(logits[:, :-1].reshape(-1, 50), token_ids[:, 1:].reshape(-1)).backward()
+    for name, parameter in model.named_parameters():
+        assert parameter.grad is not None and parameter.grad.abs().sum() > 0, name
+
+
+def test_dropout_makes_training_mode_random_and_eval_mode_deterministic():
+    model = small(dropout=0.5)
+    token_ids = torch.randint(0, 50, (1, 8))
+    assert not torch.equal(model.train()(token_ids), model(token_ids))
+    model.eval()
+    assert torch.equal(model(token_ids), model(token_ids))
+
+
+def test_a_sequence_longer_than_max_len_is_refused():
+    with pytest.raises(ValueError, match="sequence length 17 exceeds max_len 16"):
+        small()(torch.zeros(1, 17, dtype=torch.long))
+
+
+def test_float_token_ids_are_refused():
+    with pytest.raises(TypeError, match="torch.float32"):
+        small()(torch.zeros(1, 4))
+
+
+def test_one_dimensional_ids_are_refused():
+    with pytest.raises(ValueError, match=r"\(batch, length\), got \(4,\)"):
+        small()(torch.zeros(4, dtype=torch.long))
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"d_model": 30, "n_heads": 4}, "divisible"),
+    ({"positional": "rotary"}, "positional"),
+    ({"norm": "sandwich"}, "norm"),
+    ({"dropout": 1.0}, "dropout"),
+    ({"n_layers": 0}, "n_layers"),
+])
+def test_bad_configuration_is_refused(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        TinyGPT(vocab_size=50, **kwargs)
+
+
+def test_a_float_vocab_size_is_refused():
+    with pytest.raises(TypeError, match="vocab_size"):
+        TinyGPT(vocab_size=50.0)
