@@ -1,0 +1,4 @@
+"""Benchmarks: ``python -m gradcourse.bench NAME [options]`` prints a table with its baseline measured in the same run.
+
+- ``embedding`` (Chapter 3): the embedding backward, every method against PyTorch's own kernels.
+"""

@@ -1,0 +1,39 @@
+"""Command line: ``python -m gradcourse.bench embedding [--vocab --dim --tokens --device --dtype ...]``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import torch
+
+from gradcourse.bench import embedding
+from gradcourse.embedding import METHODS
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m gradcourse.bench")
+    commands = parser.add_subparsers(dest="command", required=True)
+    bench = commands.add_parser("embedding", help="the embedding backward, every method vs PyTorch's own")
+    bench.add_argument("--vocab", type=int, default=50257, help="rows of the embedding (default: GPT-2's 50257)")
+    bench.add_argument("--dim", type=int, default=768, help="embedding width (default: GPT-2 small's 768)")
+    bench.add_argument("--tokens", type=int, default=8 * 1024, help="tokens per step (default: 8 x 1024)")
+    bench.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    bench.add_argument("--dtype", default="float32", choices=tuple(embedding.DTYPES))
+    bench.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    bench.add_argument("--rounds", type=int, default=10)
+    args = parser.parse_args(argv)
+    for name in ("vocab", "dim", "tokens", "rounds"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name} must be >= 1, got {getattr(args, name)}")
+    try:
+        rows, distinct_ids = embedding.run(args.vocab, args.dim, args.tokens, args.device, args.dtype, tuple(args.methods),
+                             rounds=args.rounds)
+    except ValueError as error:
+        parser.error(str(error))
+    print(embedding.format_table(rows, args.vocab, args.dim, args.tokens, args.device, args.dtype, distinct_ids))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
