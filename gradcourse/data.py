@@ -14,6 +14,8 @@ import re
 
 import torch
 
+from gradcourse._validate import check_positive_int
+
 #: Standard-library modules whose docstrings make the corpus: present on every Python >= 3.10. The text
 #: differs a little between Python versions, so nothing may depend on its exact content.
 CORPUS_MODULES = (
@@ -28,13 +30,6 @@ END_OF_WORD = "</w>"
 _WORD = re.compile(r"[a-z]+|[0-9]+|[^\sa-z0-9]")
 
 
-def _check_positive_int(name: str, value: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {value!r}")
-    if value < 1:
-        raise ValueError(f"{name} must be >= 1, got {value}")
-
-
 def zipf_token_ids(num_tokens: int, vocab_size: int, exponent: float = 1.0, *, seed: int = 0) -> torch.Tensor:
     """Token ids drawn with ``P(id = r) proportional to 1 / (r + 1) ** exponent``: id 0 is the most frequent.
 
@@ -45,8 +40,8 @@ def zipf_token_ids(num_tokens: int, vocab_size: int, exponent: float = 1.0, *, s
         TypeError / ValueError: ``num_tokens`` or ``vocab_size`` is not a positive int, or ``exponent`` is
             not a finite number >= 0.
     """
-    _check_positive_int("num_tokens", num_tokens)
-    _check_positive_int("vocab_size", vocab_size)
+    check_positive_int("num_tokens", num_tokens)
+    check_positive_int("vocab_size", vocab_size)
     if isinstance(exponent, bool) or not isinstance(exponent, (int, float)):
         raise TypeError(f"exponent must be a number, got {exponent!r}")
     if not (exponent >= 0 and exponent != float("inf")):
@@ -63,7 +58,7 @@ def stdlib_corpus(max_chars: int | None = None) -> str:
     Deterministic for a given Python version (modules, then members, in sorted order).
     """
     if max_chars is not None:
-        _check_positive_int("max_chars", max_chars)
+        check_positive_int("max_chars", max_chars)
     pieces: list[str] = []
     for module_name in CORPUS_MODULES:
         module = importlib.import_module(module_name)
@@ -120,7 +115,7 @@ class WordTokenizer:
 
     def __init__(self, text: str, max_vocab: int | None = None) -> None:
         if max_vocab is not None:
-            _check_positive_int("max_vocab", max_vocab)
+            check_positive_int("max_vocab", max_vocab)
         counts = collections.Counter(words(text))
         if not counts:
             raise ValueError("WordTokenizer needs a training text with at least one word")
@@ -164,7 +159,7 @@ def train_bpe(text: str, num_merges: int) -> list[tuple[str, str]]:
     Returns:
         The merges in the order learned; :func:`encode` applies them in that order.
     """
-    _check_positive_int("num_merges", num_merges)
+    check_positive_int("num_merges", num_merges)
     vocabulary = collections.Counter(tuple(word) + (END_OF_WORD,) for word in words(text))
     merges: list[tuple[str, str]] = []
     for _ in range(num_merges):

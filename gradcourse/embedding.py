@@ -10,15 +10,14 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from gradcourse._validate import check_positive_int
+
 METHODS = ("loop", "scatter_add", "index_add", "one_hot")
 
 
 def _check_lookup(grad_output: torch.Tensor, token_ids: torch.Tensor, num_embeddings: int) -> int:
     """Validate the arguments of a lookup's backward (before any index is used); return ``dim``."""
-    if isinstance(num_embeddings, bool) or not isinstance(num_embeddings, int):
-        raise TypeError(f"num_embeddings must be an int, got {num_embeddings!r}")
-    if num_embeddings < 1:
-        raise ValueError(f"num_embeddings must be >= 1, got {num_embeddings}")
+    check_positive_int("num_embeddings", num_embeddings)
     if not isinstance(token_ids, torch.Tensor):
         raise TypeError(f"token_ids must be a tensor, got {type(token_ids).__name__}")
     if token_ids.dtype not in (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8):

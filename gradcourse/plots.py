@@ -16,6 +16,8 @@ import torch
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
+from gradcourse._validate import check_positive_int
+
 #: Okabe & Ito's colour-blind-safe palette, in the order lines are drawn.
 PALETTE: tuple[str, ...] = (
     "#0072B2",  # blue
@@ -58,11 +60,8 @@ def subplots(nrows: int = 1, ncols: int = 1, *, width: float | None = None,
         TypeError: ``nrows`` or ``ncols`` is not an int.
         ValueError: ``nrows`` or ``ncols`` is < 1, or a size is not > 0.
     """
-    for label_name, count in (("nrows", nrows), ("ncols", ncols)):
-        if isinstance(count, bool) or not isinstance(count, int):
-            raise TypeError(f"{label_name} must be an int, got {count!r}")
-        if count < 1:
-            raise ValueError(f"{label_name} must be >= 1, got {count}")
+    check_positive_int("nrows", nrows)
+    check_positive_int("ncols", ncols)
     width = 5.2 * ncols if width is None else width
     height = 3.6 * nrows if height is None else height
     if not (width > 0 and height > 0):
@@ -108,8 +107,7 @@ def layer_histograms(values: Mapping[str, torch.Tensor], *, bins: int = 60,
         raise TypeError(f"values must be a mapping of name -> tensor, got {type(values).__name__}")
     if not values:
         raise ValueError("values is empty: nothing to plot")
-    if isinstance(bins, bool) or not isinstance(bins, int) or bins < 1:
-        raise ValueError(f"bins must be an int >= 1, got {bins!r}")
+    check_positive_int("bins", bins)
     for name, tensor in values.items():
         if not isinstance(tensor, torch.Tensor):
             raise TypeError(f"values[{name!r}] must be a tensor, got {type(tensor).__name__}")

@@ -38,3 +38,11 @@ def test_versions_names_python_torch_numpy_and_the_device():
     found = versions()
     assert {"python", "torch", "numpy", "gradcourse", "device"} <= set(found)
     assert found["torch"] == torch.__version__
+
+
+@pytest.mark.parametrize("value, error", [(0, ValueError), (-2, ValueError), (1.0, TypeError), (True, TypeError)])
+def test_check_positive_int_names_the_bad_value(value, error):
+    from gradcourse._validate import check_positive_int
+
+    with pytest.raises(error, match="width"):
+        check_positive_int("width", value)

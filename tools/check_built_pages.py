@@ -75,7 +75,7 @@ def rendered_dom(browser: str, url: str) -> str:
     return result.stdout
 
 
-def check_page(html: str, page: Path, site: Path, chapter: str, repository_url: str) -> list[str]:
+def check_page(html: str, page: Path, chapter: str, repository_url: str) -> list[str]:
     """Every problem found on one chapter page (empty when the page is fine)."""
     soup = BeautifulSoup(html, "html.parser")
     problems = []
@@ -135,7 +135,7 @@ def main(argv: list[str]) -> int:
                 failures.append(f"{chapter}: page {page} was not built")
                 continue
             html = rendered_dom(browser, f"{base_url}/{chapter}.html")
-            failures += [f"{chapter}: {problem}" for problem in check_page(html, page, site, chapter, repository_url)]
+            failures += [f"{chapter}: {problem}" for problem in check_page(html, page, chapter, repository_url)]
     for failure in failures:
         print(f"FAIL {failure}")
     print(f"built pages: {len(chapter_files())} chapters checked, {len(failures)} problems")
