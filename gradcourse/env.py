@@ -5,11 +5,19 @@ Taught in: every chapter (the setup cell); see the book's introduction.
 
 from __future__ import annotations
 
+import os
 import platform
 import random
+import sys
+from collections.abc import Iterable
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm as auto_tqdm
+from tqdm.std import tqdm as std_tqdm
+
+T = TypeVar("T")
 
 
 def device() -> torch.device:
@@ -62,3 +70,32 @@ def versions() -> dict[str, str]:
     if torch.cuda.is_available():
         found["cuda"] = f"{torch.version.cuda} ({torch.cuda.get_device_name(0)})"
     return found
+
+
+#: When this environment variable is "1", :func:`progress` writes each bar once, as one line of text
+#: with its final state, instead of drawing a live bar. The book build sets it (``_ext/text_progress.py``):
+#: a static page cannot show a Jupyter widget, and a live text bar would leave one line per refresh.
+TEXT_PROGRESS_VARIABLE = "GRADCOURSE_TEXT_PROGRESS"
+
+
+class FinalLineBar(std_tqdm):
+    """A text bar that draws nothing while it runs and writes its final state to stderr when it closes."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **{**kwargs, "delay": float("inf")})
+
+    def close(self) -> None:
+        if not self.disable:  # tqdm sets disable once closed: the line is written once
+            sys.stderr.write(f"{self}\n")
+        super().close()
+
+
+def progress(iterable: Iterable[T], **tqdm_options: Any) -> Iterable[T]:
+    """Wrap ``iterable`` in a tqdm progress bar: a widget in Jupyter or Colab, text in a terminal.
+
+    Taught in: used by every long loop (benchmarks, training). ``tqdm_options`` go to ``tqdm``
+    (``desc``, ``total``, ``leave``, ...); the bar supports tqdm's methods (``set_postfix``, ...).
+    """
+    if os.environ.get(TEXT_PROGRESS_VARIABLE) == "1":
+        return FinalLineBar(iterable, **tqdm_options)
+    return auto_tqdm(iterable, **tqdm_options)

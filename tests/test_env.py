@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from gradcourse.env import device, seed_everything, versions
+from gradcourse.env import TEXT_PROGRESS_VARIABLE, device, progress, seed_everything, versions
 
 
 def test_device_is_a_torch_device_that_holds_tensors():
@@ -46,3 +46,16 @@ def test_check_positive_int_names_the_bad_value(value, error):
 
     with pytest.raises(error, match="width"):
         check_positive_int("width", value)
+
+
+def test_progress_yields_every_item():
+    assert list(progress(range(5), desc="test", disable=True)) == [0, 1, 2, 3, 4]
+
+
+def test_progress_writes_one_final_line_when_the_book_build_asks(monkeypatch, capsys):
+    monkeypatch.setenv(TEXT_PROGRESS_VARIABLE, "1")
+    for _ in progress(range(3), desc="steps"):
+        pass
+    written = capsys.readouterr().err
+    assert written.count("\n") == 1 and "\r" not in written
+    assert written.startswith("steps: 100%") and "3/3" in written

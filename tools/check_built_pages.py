@@ -7,6 +7,7 @@ Debian's ``chromium`` (``--dump-dom`` after MathJax has run) and must have:
 - at least one figure (an ``<img>`` in an output, whose file exists in the built site);
 - rendered math: MathJax's ``<mjx-container>`` elements in the DOM after load, with MathJax served from
   the site itself (no CDN);
+- no script loaded from another site (the book reads offline; progress-bar widgets add none);
 - at least one citation linking to the references page;
 - Colab and Binder launch links pointing at this chapter's notebook in the repository.
 
@@ -99,6 +100,10 @@ def check_page(html: str, page: Path, chapter: str, repository_url: str) -> list
     mathjax_scripts = [s.get("src", "") for s in soup.find_all("script") if "mathjax" in s.get("src", "").lower()]
     if not mathjax_scripts or any("://" in src for src in mathjax_scripts):
         problems.append(f"MathJax must be served by the site itself, found {mathjax_scripts}")
+    remote_scripts = [s["src"] for s in soup.find_all("script", src=True) if "://" in s["src"]
+                      and not s["src"].startswith(("http://127.0.0.1", "http://localhost"))]
+    if remote_scripts:
+        problems.append(f"scripts loaded from another site: {remote_scripts}")
     citations = [a for a in soup.find_all("a", href=True) if a["href"].split("#")[0].endswith("references.html")
                  and "#" in a["href"]]
     if not citations:

@@ -7,7 +7,8 @@ import time
 from collections.abc import Callable
 
 import torch
-from tqdm.auto import tqdm
+
+from gradcourse.env import progress
 
 
 def synchronize(device: torch.device) -> None:
@@ -25,7 +26,7 @@ def time_interleaved(variants: dict[str, Callable[[], object]], device: torch.de
         raise ValueError(f"rounds must be >= 1 and warmup >= 0, got rounds={rounds}, warmup={warmup}")
     names = list(variants)
     seconds: dict[str, list[float]] = {name: [] for name in names}
-    for round_index in tqdm(range(warmup + rounds), desc="timing", leave=False):
+    for round_index in progress(range(warmup + rounds), desc="timing"):
         shift = round_index % len(names)
         for name in names[shift:] + names[:shift]:
             synchronize(device)
