@@ -149,32 +149,38 @@ def _merge_pair(symbols: tuple[str, ...], pair: tuple[str, str]) -> tuple[str, .
     return tuple(merged)
 
 
+def _pair_counts(symbols: tuple[str, ...]) -> collections.Counter[tuple[str, str]]:
+    return collections.Counter(zip(symbols, symbols[1:]))
+
+
 def train_bpe(text: str, num_merges: int) -> list[tuple[str, str]]:
     """Learn byte-pair-encoding merges (Sennrich et al., 2016) from the words of ``text``.
 
     Each word starts as its characters plus an end-of-word marker ``</w>``; each step merges the most
     frequent adjacent pair (ties broken by the pair itself, so the result is deterministic). Stops early
-    when no pair is left.
+    when no pair is left. After a merge, pair counts are updated only for the words that held the pair.
 
     Returns:
         The merges in the order learned; :func:`encode` applies them in that order.
     """
     check_positive_int("num_merges", num_merges)
     vocabulary = collections.Counter(tuple(word) + (END_OF_WORD,) for word in words(text))
+    pairs: collections.Counter[tuple[str, str]] = collections.Counter()
+    for symbols, count in vocabulary.items():
+        pairs.update({pair: count * n for pair, n in _pair_counts(symbols).items()})
     merges: list[tuple[str, str]] = []
     for _ in range(num_merges):
-        pairs: collections.Counter[tuple[str, str]] = collections.Counter()
-        for symbols, count in vocabulary.items():
-            for pair in zip(symbols, symbols[1:]):
-                pairs[pair] += count
         if not pairs:
             break
         best = min(pairs, key=lambda pair: (-pairs[pair], pair))
         merges.append(best)
-        merged: collections.Counter[tuple[str, ...]] = collections.Counter()
-        for symbols, count in vocabulary.items():
-            merged[_merge_pair(symbols, best)] += count
-        vocabulary = merged
+        for symbols in [symbols for symbols in vocabulary if best in zip(symbols, symbols[1:])]:
+            count = vocabulary.pop(symbols)
+            merged = _merge_pair(symbols, best)
+            vocabulary[merged] += count
+            pairs.subtract({pair: count * n for pair, n in _pair_counts(symbols).items()})
+            pairs.update({pair: count * n for pair, n in _pair_counts(merged).items()})
+        pairs = +pairs  # drop the pairs whose count fell to zero
     return merges
 
 
@@ -186,12 +192,15 @@ def encode(text: str, merges: list[tuple[str, str]]) -> list[str]:
     """
     if not isinstance(merges, list) or not all(isinstance(m, tuple) and len(m) == 2 for m in merges):
         raise TypeError("merges must be a list of (str, str) pairs, as train_bpe returns")
+    cache: dict[str, tuple[str, ...]] = {}  # a word is split the same way every time it occurs
     pieces: list[str] = []
     for word in words(text):
-        symbols = tuple(word) + (END_OF_WORD,)
-        for pair in merges:
-            if len(symbols) == 1:
-                break
-            symbols = _merge_pair(symbols, pair)
-        pieces.extend(symbols)
+        if word not in cache:
+            symbols = tuple(word) + (END_OF_WORD,)
+            for pair in merges:
+                if len(symbols) == 1:
+                    break
+                symbols = _merge_pair(symbols, pair)
+            cache[word] = symbols
+        pieces.extend(cache[word])
     return pieces

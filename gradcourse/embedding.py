@@ -114,3 +114,30 @@ def sparse_embedding_grad(grad_output: torch.Tensor, token_ids: torch.Tensor, nu
     uncoalesced = torch.sparse_coo_tensor(flat_ids.unsqueeze(0), grad_output.reshape(-1, dim),
                                           (num_embeddings, dim), check_invariants=False)
     return uncoalesced.coalesce()
+
+
+def split_embedding_parameters(model: torch.nn.Module) -> tuple[list[torch.nn.Parameter], list[torch.nn.Parameter]]:
+    """Split a model's parameters into embedding tables and everything else, for optimizer groups.
+
+    Taught in: Chapter 4 (separate learning rates and weight decay for embeddings). Embeddings are found by
+    module type (every ``nn.Embedding`` and ``nn.EmbeddingBag``), not by name: names differ between code
+    bases (GPT-2 calls them ``wte`` and ``wpe``). Each tensor appears once, so a tied output projection
+    (the same tensor as the token embedding) lands in the embedding list and nowhere else.
+
+    Returns:
+        ``(embedding_parameters, other_parameters)``; together they hold every trainable parameter once.
+
+    Raises:
+        TypeError: ``model`` is not an ``nn.Module``.
+        ValueError: the model has no trainable embedding table (an empty group would go unnoticed).
+    """
+    if not isinstance(model, torch.nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    tables = [module.weight for module in model.modules()
+              if isinstance(module, (torch.nn.Embedding, torch.nn.EmbeddingBag)) and module.weight.requires_grad]
+    embedding_ids = {id(weight) for weight in tables}
+    if not embedding_ids:
+        raise ValueError(f"{type(model).__name__} has no trainable nn.Embedding or nn.EmbeddingBag")
+    embedding_parameters = list({id(weight): weight for weight in tables}.values())
+    other_parameters = [p for p in model.parameters() if p.requires_grad and id(p) not in embedding_ids]
+    return embedding_parameters, other_parameters

@@ -4,7 +4,8 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gradcourse.embedding import METHODS, embedding_backward, sparse_embedding_grad
+from gradcourse.embedding import METHODS, embedding_backward, sparse_embedding_grad, split_embedding_parameters
+from gradcourse.models import TinyGPT
 
 
 def torch_weight_grad(token_ids, grad_output, num_embeddings, padding_idx=None, scale_grad_by_freq=False,
@@ -112,3 +113,29 @@ def test_a_non_positive_vocabulary_is_refused(num_embeddings):
 def test_a_list_of_ids_is_refused():
     with pytest.raises(TypeError, match="token_ids must be a tensor, got list"):
         embedding_backward(torch.zeros(2, 3), [0, 1], 4)
+
+
+def test_split_embedding_parameters_finds_tables_by_type_and_covers_every_parameter_once():
+    model = TinyGPT(50, d_model=16, n_layers=1, n_heads=2, max_len=8, tie_weights=True)
+    embeddings, others = split_embedding_parameters(model)
+    assert [id(p) for p in embeddings] == [id(model.token_embedding.weight), id(model.position_embedding.weight)]
+    assert model.lm_head.weight is embeddings[0]  # the tied head goes with the embedding, once
+    assert sorted(map(id, embeddings + others)) == sorted(map(id, model.parameters()))
+
+
+def test_split_embedding_parameters_skips_frozen_tables():
+    model = TinyGPT(50, d_model=16, n_layers=1, n_heads=2, max_len=8, tie_weights=False)
+    model.position_embedding.weight.requires_grad_(False)
+    embeddings, others = split_embedding_parameters(model)
+    assert embeddings == [model.token_embedding.weight]
+    assert all(p.requires_grad for p in others)
+
+
+def test_split_embedding_parameters_refuses_a_model_without_embeddings():
+    with pytest.raises(ValueError, match="Sequential has no trainable nn.Embedding"):
+        split_embedding_parameters(torch.nn.Sequential(torch.nn.Linear(2, 2)))
+
+
+def test_split_embedding_parameters_refuses_a_non_module():
+    with pytest.raises(TypeError, match="got dict"):
+        split_embedding_parameters({})
