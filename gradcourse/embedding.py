@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from gradcourse._validate import check_positive_int
+from gradcourse.models import is_tied
 
 METHODS = ("loop", "scatter_add", "index_add", "one_hot")
 
@@ -29,13 +30,18 @@ def _check_lookup(grad_output: torch.Tensor, token_ids: torch.Tensor, num_embedd
     if grad_output.dim() != token_ids.dim() + 1 or grad_output.shape[:-1] != token_ids.shape:
         raise ValueError(f"grad_output must have shape token_ids.shape + (dim,) = {tuple(token_ids.shape)} + (dim,), "
                          f"got {tuple(grad_output.shape)}")
-    if token_ids.numel():
-        # one device-to-host transfer for both bounds; checked here so a GPU never hits a device-side assert
-        low, high = torch.stack([token_ids.min(), token_ids.max()]).tolist()
+    _check_id_range("token id", token_ids, num_embeddings)
+    return grad_output.shape[-1]
+
+
+def _check_id_range(what: str, ids: torch.Tensor, num_embeddings: int) -> None:
+    """Raise ``ValueError`` naming the first bound broken; one device-to-host transfer for both bounds,
+    so that a GPU run gets this message and never a device-side assert."""
+    if ids.numel():
+        low, high = torch.stack([ids.min(), ids.max()]).tolist()
         if low < 0 or high >= num_embeddings:
             offending = low if low < 0 else high
-            raise ValueError(f"token id {offending} is outside [0, {num_embeddings}) (num_embeddings={num_embeddings})")
-    return grad_output.shape[-1]
+            raise ValueError(f"{what} {offending} is outside [0, {num_embeddings}) (num_embeddings={num_embeddings})")
 
 
 def _normalise_padding_idx(padding_idx: int | None, num_embeddings: int) -> int | None:
@@ -141,3 +147,54 @@ def split_embedding_parameters(model: torch.nn.Module) -> tuple[list[torch.nn.Pa
     embedding_parameters = list({id(weight): weight for weight in tables}.values())
     other_parameters = [p for p in model.parameters() if p.requires_grad and id(p) not in embedding_ids]
     return embedding_parameters, other_parameters
+
+
+def tied_gradient_parts(model: torch.nn.Module, token_ids: torch.Tensor,
+                        targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The two gradients that reach a tied embedding matrix, each computed on its own.
+
+    Taught in: Chapter 5. In a model whose ``lm_head.weight`` is its ``token_embedding.weight`` (such as
+    ``TinyGPT(tie_weights=True)``), the loss depends on the shared matrix twice. This function runs the
+    forward pass once with two separate copies of the matrix, one feeding the lookup and one the output
+    projection (``torch.func.functional_call``), and differentiates with respect to each. Their sum is the
+    ``.grad`` that ordinary backward gives the shared matrix. The model is not changed and no ``.grad``
+    is written.
+
+    Args:
+        model: a module with ``token_embedding`` and ``lm_head`` whose weights are tied, and
+            ``forward(token_ids) -> logits (B, T, vocab_size)``. With dropout, call ``model.eval()`` first
+            if the parts must match a separate backward pass.
+        token_ids: ``(B, T)`` integer inputs.
+        targets: ``(B, T)`` integer next tokens; the loss is the mean cross-entropy over all positions.
+
+    Returns:
+        ``(lookup_part, projection_part)``, each ``(vocab_size, d_model)``: the lookup part is nonzero only
+        in the rows of ids in ``token_ids``; the projection part reaches every row.
+
+    Raises:
+        TypeError: ``model`` lacks ``token_embedding`` or ``lm_head``, or ids/targets are not integer tensors.
+        ValueError: the weights are not tied, ``targets`` does not have the shape of ``token_ids``, or an
+            id is outside the vocabulary.
+    """
+    if not all(isinstance(getattr(model, name, None), torch.nn.Module) for name in ("token_embedding", "lm_head")):
+        raise TypeError(f"model must have token_embedding and lm_head modules, got {type(model).__name__}")
+    shared = model.token_embedding.weight
+    if not is_tied(shared, model.lm_head.weight):
+        raise ValueError("model.token_embedding.weight and model.lm_head.weight are not tied (different "
+                         "storage), so there is no shared matrix to split; build the model with tie_weights=True")
+    for name, tensor in (("token_ids", token_ids), ("targets", targets)):
+        if not isinstance(tensor, torch.Tensor) or tensor.dtype not in (torch.int64, torch.int32):
+            raise TypeError(f"{name} must be an int64 or int32 tensor, got "
+                            + (str(tensor.dtype) if isinstance(tensor, torch.Tensor) else type(tensor).__name__))
+    if targets.shape != token_ids.shape:
+        raise ValueError(f"targets must have the shape of token_ids {tuple(token_ids.shape)}, got {tuple(targets.shape)}")
+    _check_id_range("token id", token_ids, shared.shape[0])
+    _check_id_range("target id", targets, shared.shape[0])
+    lookup_copy = shared.detach().clone().requires_grad_(True)
+    projection_copy = shared.detach().clone().requires_grad_(True)
+    # tie_weights=False: each name gets its own tensor, so autograd keeps the two uses apart
+    logits = torch.func.functional_call(model, {"token_embedding.weight": lookup_copy,
+                                                "lm_head.weight": projection_copy}, (token_ids,), tie_weights=False)
+    loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1).long())
+    lookup_part, projection_part = torch.autograd.grad(loss, [lookup_copy, projection_copy])
+    return lookup_part, projection_part

@@ -145,3 +145,25 @@ class TinyGPT(nn.Module):
         for block in self.blocks:
             hidden = block(hidden)
         return self.lm_head(self.final_norm(hidden))
+
+
+def is_tied(first: torch.Tensor, second: torch.Tensor) -> bool:
+    """True only when two tensors are the same memory viewed the same way (tied weights).
+
+    Taught in: Chapter 5. Equal values are not enough: a copied matrix starts equal and drifts apart at
+    the first optimizer step, the classic silent bug of weight tying. Two tensors are tied when they
+    share storage at the same offset with the same shape and strides (the same ``nn.Parameter`` twice,
+    or two views of one memory).
+
+    Raises:
+        TypeError: an argument is not a tensor.
+    """
+    for name, tensor in (("first", first), ("second", second)):
+        if not isinstance(tensor, torch.Tensor):
+            raise TypeError(f"{name} must be a tensor, got {type(tensor).__name__}")
+    if first is second:
+        return True
+    return (first.device == second.device
+            and first.untyped_storage().data_ptr() == second.untyped_storage().data_ptr()
+            and first.storage_offset() == second.storage_offset()
+            and first.shape == second.shape and first.stride() == second.stride())

@@ -4,7 +4,8 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gradcourse.embedding import METHODS, embedding_backward, sparse_embedding_grad, split_embedding_parameters
+from gradcourse.embedding import (METHODS, embedding_backward, sparse_embedding_grad, split_embedding_parameters,
+                                  tied_gradient_parts)
 from gradcourse.models import TinyGPT
 
 
@@ -139,3 +140,70 @@ def test_split_embedding_parameters_refuses_a_model_without_embeddings():
 def test_split_embedding_parameters_refuses_a_non_module():
     with pytest.raises(TypeError, match="got dict"):
         split_embedding_parameters({})
+
+
+def _tied_model_and_batch(vocab_size: int = 40):
+    torch.manual_seed(0)
+    model = TinyGPT(vocab_size, d_model=16, n_layers=1, n_heads=2, max_len=8, tie_weights=True).double()
+    token_ids = torch.randint(0, 12, (3, 8))          # only ids below 12 are looked up
+    targets = torch.randint(0, vocab_size, (3, 8))
+    return model, token_ids, targets
+
+
+def test_tied_gradient_parts_sum_to_the_shared_weights_grad():
+    model, token_ids, targets = _tied_model_and_batch()
+    lookup_part, projection_part = tied_gradient_parts(model, token_ids, targets)
+    F.cross_entropy(model(token_ids).reshape(-1, 40), targets.reshape(-1)).backward()
+    torch.testing.assert_close(lookup_part + projection_part, model.token_embedding.weight.grad, atol=1e-14, rtol=0)
+
+
+def test_tied_gradient_parts_lookup_touches_only_the_ids_in_the_batch():
+    model, token_ids, targets = _tied_model_and_batch()
+    lookup_part, _ = tied_gradient_parts(model, token_ids, targets)
+    rows = lookup_part.abs().sum(1).nonzero().squeeze(1)
+    assert torch.equal(rows, token_ids.unique())
+
+
+def test_tied_gradient_parts_projection_touches_every_row():
+    model, token_ids, targets = _tied_model_and_batch()
+    _, projection_part = tied_gradient_parts(model, token_ids, targets)
+    assert bool((projection_part.abs().sum(1) > 0).all())
+
+
+def test_tied_gradient_parts_leave_the_model_untouched():
+    model, token_ids, targets = _tied_model_and_batch()
+    before = model.token_embedding.weight.detach().clone()
+    tied_gradient_parts(model, token_ids, targets)
+    assert model.token_embedding.weight.grad is None
+    assert torch.equal(model.token_embedding.weight.detach(), before)
+    assert model.lm_head.weight is model.token_embedding.weight
+
+
+def test_tied_gradient_parts_refuses_an_untied_model():
+    model = TinyGPT(40, d_model=16, n_layers=1, n_heads=2, max_len=8, tie_weights=False)
+    with pytest.raises(ValueError, match="not tied"):
+        tied_gradient_parts(model, torch.zeros(1, 4, dtype=torch.long), torch.zeros(1, 4, dtype=torch.long))
+
+
+def test_tied_gradient_parts_refuses_a_model_without_embedding_and_head():
+    with pytest.raises(TypeError, match="token_embedding and lm_head"):
+        tied_gradient_parts(torch.nn.Linear(2, 2), torch.zeros(1, 4, dtype=torch.long), torch.zeros(1, 4, dtype=torch.long))
+
+
+def test_tied_gradient_parts_refuses_targets_of_another_shape():
+    model, token_ids, _ = _tied_model_and_batch()
+    with pytest.raises(ValueError, match=r"shape of token_ids \(3, 8\)"):
+        tied_gradient_parts(model, token_ids, torch.zeros(3, 7, dtype=torch.long))
+
+
+def test_tied_gradient_parts_names_a_target_outside_the_vocabulary():
+    model, token_ids, targets = _tied_model_and_batch()
+    targets[0, 0] = 40
+    with pytest.raises(ValueError, match=r"target id 40 is outside \[0, 40\)"):
+        tied_gradient_parts(model, token_ids, targets)
+
+
+def test_tied_gradient_parts_refuses_float_ids():
+    model, token_ids, targets = _tied_model_and_batch()
+    with pytest.raises(TypeError, match="token_ids must be an int64 or int32 tensor, got torch.float32"):
+        tied_gradient_parts(model, token_ids.float(), targets)

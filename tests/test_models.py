@@ -2,7 +2,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from gradcourse.models import TinyGPT, sinusoidal_positions
+from gradcourse.models import TinyGPT, is_tied, sinusoidal_positions
 
 
 def small(**kwargs) -> TinyGPT:
@@ -102,3 +102,33 @@ def test_bad_configuration_is_refused(kwargs, message):
 def test_a_float_vocab_size_is_refused():
     with pytest.raises(TypeError, match="vocab_size"):
         TinyGPT(vocab_size=50.0)
+
+
+def test_is_tied_is_true_for_the_shared_parameter_of_a_tied_model():
+    model = small(tie_weights=True)
+    assert is_tied(model.token_embedding.weight, model.lm_head.weight)
+
+
+def test_is_tied_is_false_for_a_copy_that_is_equal_by_value():
+    model = small(tie_weights=False)
+    with torch.no_grad():
+        model.lm_head.weight.copy_(model.token_embedding.weight)
+    assert torch.equal(model.lm_head.weight, model.token_embedding.weight)
+    assert not is_tied(model.token_embedding.weight, model.lm_head.weight)
+
+
+def test_is_tied_is_true_for_two_parameters_that_share_memory():
+    weight = torch.nn.Parameter(torch.randn(5, 3))
+    alias = torch.nn.Parameter(weight.data)       # a second Parameter over the same memory
+    assert alias is not weight and is_tied(weight, alias)
+
+
+def test_is_tied_is_false_for_different_views_of_one_storage():
+    table = torch.randn(6, 3)
+    assert not is_tied(table[:3], table[3:])
+    assert not is_tied(table, table.T)
+
+
+def test_is_tied_refuses_a_non_tensor():
+    with pytest.raises(TypeError, match="second must be a tensor, got list"):
+        is_tied(torch.zeros(2), [0.0, 0.0])
