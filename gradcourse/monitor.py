@@ -1,0 +1,272 @@
+"""Gradient monitoring cheap enough to leave switched on.
+
+Taught in: Chapter 9 (monitoring gradients). :class:`GradientMonitor` records, on every ``every``-th
+step, the global gradient norm, per-layer norms, per-layer histograms of gradient values and per-layer
+update-to-weight ratios, and names the first non-finite gradient. All statistics of a step are computed
+on the device with fused ``torch._foreach`` operations and brought to the host in **one** transfer.
+
+Use it around the optimizer step of any loop::
+
+    with GradientMonitor(model, optimizer=optimizer) as monitor:   # hooks on optimizer.step()
+        for batch in loader:
+            loss = loss_fn(model(batch)); optimizer.zero_grad(); loss.backward(); optimizer.step()
+    monitor.history["global_norm"]
+
+or without an optimizer, calling :meth:`GradientMonitor.record` after ``backward()`` (before clipping)
+and :meth:`GradientMonitor.record_update` after ``optimizer.step()``.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+import numpy as np
+import torch
+import torch.nn as nn
+
+from gradcourse._validate import check_positive_int
+
+ON_NONFINITE = ("raise", "report")
+
+# find_module hooks every module, including the first, whose inputs (token ids, data) need no gradient;
+# PyTorch warns that its hook then sees only output gradients, which is all that mode needs.
+warnings.filterwarnings("ignore", message="Full backward hook is firing when gradients are computed with "
+                        "respect to module outputs since no inputs require gradients")
+
+
+class NonFiniteGradientError(FloatingPointError):
+    """A gradient held ``inf`` or ``NaN``: names the step, the first such parameter and, in ``find_module``
+    mode, the module whose backward produced the first non-finite value."""
+
+    def __init__(self, step: int, parameter: str, module: str | None) -> None:
+        self.step, self.parameter, self.module = step, parameter, module
+        where = f"; first produced by module {module!r}" if module else ""
+        super().__init__(f"non-finite gradient at step {step} in parameter {parameter!r}{where}")
+
+
+class GradientMonitor:
+    """Per-layer gradient statistics over training, with one device-to-host transfer per recorded step.
+
+    Args:
+        model: the model whose trainable parameters are watched. A parameter shared by two modules (tied
+            weights) is counted once; frozen parameters are skipped; a parameter without ``.grad`` in a
+            step counts as zero.
+        optimizer: if given, :meth:`attach` hooks ``optimizer.step()`` so recording is automatic.
+        every: record every ``every``-th step (statistics and the non-finite check).
+        group_by: ``"module"`` (a layer is the module owning the parameters) or ``"parameter"``.
+        bins, histogram_range: fixed histogram bins per layer; values outside the range fall in the end
+            bins. With ``log_magnitude`` the histogram is of ``log10 |g|`` (range in decades, exact zeros
+            land in the first bin); otherwise of ``g``. ``histograms=False`` skips them.
+        update_ratios: record ``||w_after - w_before|| / ||w_before||`` per layer (needs a copy of the
+            weights on recorded steps).
+        on_nonfinite: ``"raise"`` a :class:`NonFiniteGradientError` before the optimizer step, or
+            ``"report"`` it in :attr:`nonfinite_events` and go on.
+        find_module: also hook every module's backward to name the module that produced the first
+            non-finite value (costs a check per module per step: for debugging).
+    """
+
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer | None = None, *, every: int = 1,
+                 group_by: str = "module", histograms: bool = True, bins: int = 40,
+                 histogram_range: tuple[float, float] | None = None, log_magnitude: bool = True,
+                 update_ratios: bool = True, on_nonfinite: str = "raise", find_module: bool = False) -> None:
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
+            raise TypeError(f"optimizer must be a torch.optim.Optimizer or None, got {type(optimizer).__name__}")
+        check_positive_int("every", every)
+        check_positive_int("bins", bins)
+        if group_by not in ("module", "parameter"):
+            raise ValueError(f"group_by must be 'module' or 'parameter', got {group_by!r}")
+        if on_nonfinite not in ON_NONFINITE:
+            raise ValueError(f"on_nonfinite must be one of {ON_NONFINITE}, got {on_nonfinite!r}")
+        histogram_range = histogram_range or ((-10.0, 1.0) if log_magnitude else (-1e-2, 1e-2))
+        if not (len(histogram_range) == 2 and histogram_range[0] < histogram_range[1]):
+            raise ValueError(f"histogram_range must be (low, high) with low < high, got {histogram_range!r}")
+        self.model, self.optimizer = model, optimizer
+        self.every, self.histograms, self.bins = every, histograms, bins
+        self.histogram_range, self.log_magnitude = (float(histogram_range[0]), float(histogram_range[1])), log_magnitude
+        self.update_ratios, self.on_nonfinite, self.find_module = update_ratios, on_nonfinite, find_module
+        named = [(name, p) for name, p in model.named_parameters() if p.requires_grad]  # tied: listed once
+        self.parameter_names = [name for name, _ in named]
+        self._parameters = [p for _, p in named]
+        owner = (lambda name: name.rpartition(".")[0] or name) if group_by == "module" else (lambda name: name)
+        self.layer_names = list(dict.fromkeys(owner(name) for name in self.parameter_names))
+        layer_of = [self.layer_names.index(owner(name)) for name in self.parameter_names]
+        self._layer_of = layer_of                        # layer index of each parameter (host list)
+        self._layer_of_on: dict[torch.device, torch.Tensor] = {}   # the same, cached on each device
+        self.step = 0                      # steps seen (recorded or not)
+        self.transfers = 0                 # device-to-host transfers made: one per recorded step
+        self.nonfinite_events: list[dict] = []
+        self._rows: list[np.ndarray] = []  # one host row per recorded step
+        self._steps: list[int] = []
+        self._recorded_step: int | None = None
+        self._weights_before: list[torch.Tensor] | None = None
+        self._pending_update: torch.Tensor | None = None   # update ratios waiting for the next transfer
+        self._pending_update_step: int | None = None
+        self._update_rows: dict[int, np.ndarray] = {}
+        self._first_bad_module: str | None = None
+        self._handles: list = []
+
+    # --- attaching -----------------------------------------------------------------------------------
+    def attach(self) -> GradientMonitor:
+        """Add the hooks (optimizer step hooks if an optimizer was given; module backward hooks in
+        ``find_module`` mode). Returns ``self``."""
+        if self._handles:
+            raise RuntimeError("GradientMonitor is already attached")
+        if self.optimizer is not None:
+            self._handles.append(self.optimizer.register_step_pre_hook(lambda *args: self._before_step()))
+            self._handles.append(self.optimizer.register_step_post_hook(lambda *args: self.record_update()))
+        if self.find_module:
+            for name, module in self.model.named_modules():
+                self._handles.append(module.register_full_backward_hook(self._backward_hook(name or "(model)")))
+        return self
+
+    def detach(self) -> None:
+        """Remove every hook this monitor added and drop its references to the model and optimizer."""
+        self._flush_update()
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+        self.model = self.optimizer = None
+        self._parameters, self._weights_before = [], None
+
+    @property
+    def attached(self) -> bool:
+        return bool(self._handles) or (self.model is not None and self.optimizer is None and not self.find_module)
+
+    def __enter__(self) -> GradientMonitor:
+        return self.attach()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.detach()
+
+    def _backward_hook(self, name: str):
+        def hook(module: nn.Module, grad_input: tuple, grad_output: tuple) -> None:
+            if self._first_bad_module is None and self._all_finite(grad_output) and not self._all_finite(grad_input):
+                self._first_bad_module = name
+        return hook
+
+    @staticmethod
+    def _all_finite(tensors: tuple) -> bool:
+        return all(bool(torch.isfinite(t).all()) for t in tensors if t is not None)
+
+    # --- recording -------------------------------------------------------------------------------------
+    def _before_step(self) -> None:
+        if self._recorded_step != self.step:   # not already recorded explicitly in this step
+            self.record()
+
+    def record(self) -> None:
+        """Record the current gradients as this step's (call after ``backward()``, before clipping if the
+        pre-clipping norm is wanted). Raises :class:`NonFiniteGradientError` in ``"raise"`` mode."""
+        if self.model is None:
+            raise RuntimeError("GradientMonitor is detached")
+        self._recorded_step = self.step
+        if self.step % self.every:
+            return
+        grads = [p.grad.detach() if p.grad is not None else torch.zeros((), device=p.device, dtype=p.dtype)
+                 for p in self._parameters]
+        squares = torch.stack([n.float() for n in torch._foreach_norm(grads)]) ** 2         # (P,)
+        layer_squares = torch.zeros(len(self.layer_names), device=squares.device).index_add_(
+            0, self._layer_index(squares.device), squares)
+        pieces = [squares, layer_squares]
+        if self.histograms:
+            pieces.append(self._histograms(grads).reshape(-1))
+        if self._pending_update is not None:
+            pieces.append(self._pending_update)
+        host = torch.cat([piece.float().reshape(-1) for piece in pieces]).cpu().numpy()      # the one transfer
+        self.transfers += 1
+        parameter_count, layer_count = len(self._parameters), len(self.layer_names)
+        if self._pending_update is not None:
+            self._update_rows[self._pending_update_step] = host[-layer_count:]
+            host = host[:-layer_count]
+            self._pending_update = None
+        self._steps.append(self.step)
+        self._rows.append(host[parameter_count:])
+        if self.update_ratios:
+            self._weights_before = [p.detach().clone() for p in self._parameters]
+        self._check_finite(host[:parameter_count])
+
+    def _histograms(self, grads: list[torch.Tensor]) -> torch.Tensor:
+        low, high = self.histogram_range
+        counts = torch.zeros(len(self.layer_names), self.bins, device=grads[0].device)
+        for layer, grad in zip(self._layer_of, grads):
+            values = grad.reshape(-1).float()
+            if self.log_magnitude:
+                values = values.abs().log10()
+            counts[layer] += torch.histc(values.nan_to_num(low, high, low).clamp(low, high), self.bins, low, high)
+        return counts
+
+    def _layer_index(self, device: torch.device) -> torch.Tensor:
+        if device not in self._layer_of_on:   # copied to the device once, not every step
+            self._layer_of_on[device] = torch.tensor(self._layer_of, device=device)
+        return self._layer_of_on[device]
+
+    def _check_finite(self, squares: np.ndarray) -> None:
+        bad = np.flatnonzero(~np.isfinite(squares))
+        module, self._first_bad_module = self._first_bad_module, None
+        if bad.size:
+            event = {"step": self.step, "parameter": self.parameter_names[bad[0]], "module": module}
+            self.nonfinite_events.append(event)
+            if self.on_nonfinite == "raise":
+                raise NonFiniteGradientError(**event)
+
+    def record_update(self) -> None:
+        """After ``optimizer.step()``: the update-to-weight ratio per layer (kept on the device until the
+        next recorded step's transfer). Also ends the step."""
+        if self._weights_before is not None and self._recorded_step == self.step and self.step % self.every == 0:
+            after = [p.detach() for p in self._parameters]
+            deltas = torch._foreach_sub(after, self._weights_before)
+            update = torch.stack(torch._foreach_norm(deltas)).float() ** 2
+            before = torch.stack(torch._foreach_norm(self._weights_before)).float() ** 2
+            layer = self._layer_index(update.device)
+            zeros = torch.zeros(len(self.layer_names), device=update.device)
+            ratio = (zeros.index_add(0, layer, update) / zeros.index_add(0, layer, before).clamp_min(1e-30)).sqrt()
+            self._pending_update, self._pending_update_step = ratio, self.step
+            self._weights_before = None
+        self.step += 1
+
+    def _flush_update(self) -> None:
+        if self._pending_update is not None:
+            self._update_rows[self._pending_update_step] = self._pending_update.cpu().numpy()
+            self._pending_update = None
+
+    # --- results -------------------------------------------------------------------------------------
+    @property
+    def history(self) -> dict[str, np.ndarray | list[str]]:
+        """Plain arrays: ``steps (S,)``, ``global_norm (S,)``, ``layer_norms (S, L)``, ``histograms (S, L,
+        bins)`` and ``bin_edges (bins + 1,)`` if recorded, ``update_ratios (S, L)`` (NaN where not
+        measured), and ``layer_names``."""
+        self._flush_update()
+        layers = len(self.layer_names)
+        rows = np.array(self._rows).reshape(len(self._rows), -1)
+        layer_norms = np.sqrt(rows[:, :layers])
+        result: dict = {"steps": np.array(self._steps), "layer_names": list(self.layer_names),
+                        "layer_norms": layer_norms, "global_norm": np.sqrt((rows[:, :layers]).sum(1))}
+        if self.histograms:
+            result["histograms"] = rows[:, layers:].reshape(len(self._rows), layers, self.bins)
+            result["bin_edges"] = np.linspace(*self.histogram_range, self.bins + 1)
+        ratios = np.full((len(self._steps), layers), np.nan)
+        for index, step in enumerate(self._steps):
+            if step in self._update_rows:
+                ratios[index] = self._update_rows[step]
+        result["update_ratios"] = ratios
+        return result
+
+    def log_to(self, writer, *, prefix: str = "gradients") -> None:
+        """Write the history to a TensorBoard ``SummaryWriter``: scalars (global norm, per-layer norms and
+        update ratios) and per-layer histograms, at their training steps."""
+        history = self.history
+        for index, step in enumerate(history["steps"].tolist()):
+            writer.add_scalar(f"{prefix}/global_norm", history["global_norm"][index], step)
+            for layer, name in enumerate(history["layer_names"]):
+                writer.add_scalar(f"{prefix}/norm/{name}", history["layer_norms"][index, layer], step)
+                if not math.isnan(history["update_ratios"][index, layer]):
+                    writer.add_scalar(f"{prefix}/update_ratio/{name}", history["update_ratios"][index, layer], step)
+                if self.histograms:
+                    counts = history["histograms"][index, layer]
+                    edges = history["bin_edges"]
+                    writer.add_histogram_raw(f"{prefix}/histogram/{name}", min=float(edges[0]), max=float(edges[-1]),
+                                             num=float(counts.sum()), sum=float((counts * (edges[:-1] + edges[1:]) / 2).sum()),
+                                             sum_squares=float((counts * ((edges[:-1] + edges[1:]) / 2) ** 2).sum()),
+                                             bucket_limits=edges[1:].tolist(), bucket_counts=counts.tolist(),
+                                             global_step=step)

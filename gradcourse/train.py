@@ -1,0 +1,80 @@
+"""A small training loop that the later chapters share.
+
+Taught in: Chapter 9 (with a :class:`~gradcourse.monitor.GradientMonitor`); Chapters 10 and later reuse it
+for accumulation, mixed precision and clipping.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from itertools import islice
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from gradcourse._validate import check_positive_int
+from gradcourse.env import progress
+from gradcourse.monitor import GradientMonitor
+
+
+def train(model: nn.Module, batches: Iterable[Any], loss_fn: Callable[[nn.Module, Any], torch.Tensor],
+          optimizer: torch.optim.Optimizer, *, steps: int, accumulation_steps: int = 1,
+          clip_norm: float | None = None, autocast_dtype: torch.dtype | None = None,
+          scaler: torch.amp.GradScaler | None = None, monitor: GradientMonitor | None = None,
+          description: str = "training") -> list[float]:
+    """Train for ``steps`` optimizer steps and return the loss of each step (mean over its micro-batches).
+
+    Each step draws ``accumulation_steps`` batches from ``batches`` and calls ``loss_fn(model, batch)`` on
+    each (a scalar, the mean over that batch); their gradients are accumulated with ``loss /
+    accumulation_steps``, so equal-sized micro-batches give the gradient of their union. Then, in order:
+    ``scaler.unscale_`` (if a GradScaler is given), ``monitor.record()`` (the norms before clipping),
+    ``clip_grad_norm_(clip_norm)``, the optimizer step (through the scaler if given) and
+    ``monitor.record_update()``. ``autocast_dtype`` runs the forward passes under ``torch.autocast`` on
+    the model's device type. Losses stay on the device until the end (one transfer), except for the
+    progress bar's occasional update.
+
+    Raises:
+        ValueError: a bad count or clip norm, a monitor that hooks the optimizer itself, or fewer batches
+            than ``steps * accumulation_steps``.
+    """
+    check_positive_int("steps", steps)
+    check_positive_int("accumulation_steps", accumulation_steps)
+    if clip_norm is not None and not clip_norm > 0:
+        raise ValueError(f"clip_norm must be > 0 or None, got {clip_norm!r}")
+    if monitor is not None and monitor.optimizer is not None:
+        raise ValueError("give train() a GradientMonitor built without an optimizer: train() calls record() "
+                         "before clipping and record_update() after the step itself")
+    device_type = next(model.parameters()).device.type
+    batch_iterator = iter(batches)
+    losses = []
+    bar = progress(range(steps), desc=description)
+    for step in bar:
+        micro_batches = list(islice(batch_iterator, accumulation_steps))
+        if len(micro_batches) < accumulation_steps:
+            raise ValueError(f"batches ran out at step {step}: need steps * accumulation_steps = "
+                             f"{steps * accumulation_steps} batches")
+        optimizer.zero_grad(set_to_none=True)
+        step_loss = torch.zeros((), device=next(model.parameters()).device)
+        for batch in micro_batches:
+            with torch.autocast(device_type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+                loss = loss_fn(model, batch) / accumulation_steps
+            (scaler.scale(loss) if scaler is not None else loss).backward()
+            step_loss += loss.detach().float()
+        if scaler is not None:
+            scaler.unscale_(optimizer)
+        if monitor is not None:
+            monitor.record()
+        if clip_norm is not None:
+            nn.utils.clip_grad_norm_(model.parameters(), clip_norm)
+        if scaler is not None:
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            optimizer.step()
+        if monitor is not None:
+            monitor.record_update()
+        losses.append(step_loss)
+        if step % 10 == 0 or step == steps - 1:
+            bar.set_postfix(loss=f"{step_loss.item():.4f}")
+    return torch.stack(losses).tolist()

@@ -1,0 +1,237 @@
+import gc
+import weakref
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from gradcourse.models import TinyGPT
+from gradcourse.monitor import GradientMonitor, NonFiniteGradientError
+
+VOCAB = 60
+
+
+def tiny(tie_weights: bool = True) -> TinyGPT:
+    torch.manual_seed(0)
+    return TinyGPT(VOCAB, d_model=16, n_layers=1, n_heads=2, max_len=8, tie_weights=tie_weights)
+
+
+def backward(model: nn.Module, seed: int = 0) -> None:
+    token_ids = torch.randint(0, VOCAB, (2, 8), generator=torch.Generator().manual_seed(seed))
+    F.cross_entropy(model(token_ids).reshape(-1, VOCAB), token_ids.reshape(-1)).backward()
+
+
+def train_steps(model, optimizer, steps: int) -> None:
+    for step in range(steps):
+        optimizer.zero_grad()
+        backward(model, step)
+        optimizer.step()
+
+
+def test_global_norm_equals_clip_grad_norm_of_all_parameters():
+    model = tiny()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    expected = []
+    with GradientMonitor(model, optimizer) as monitor:
+        for step in range(3):
+            optimizer.zero_grad()
+            backward(model, step)
+            expected.append(nn.utils.clip_grad_norm_(model.parameters(), float("inf")).item())
+            optimizer.step()
+    np.testing.assert_allclose(monitor.history["global_norm"], expected, rtol=1e-5)
+
+
+def test_layer_norms_combine_the_parameters_of_each_module():
+    model = tiny()
+    monitor = GradientMonitor(model).attach()
+    backward(model)
+    monitor.record()
+    history = monitor.history
+    qkv = history["layer_names"].index("blocks.0.attention.qkv")
+    expected = torch.cat([model.blocks[0].attention.qkv.weight.grad.reshape(-1),
+                          model.blocks[0].attention.qkv.bias.grad]).norm().item()
+    assert history["layer_norms"][0, qkv] == pytest.approx(expected, rel=1e-5)
+
+
+def test_one_device_to_host_transfer_per_recorded_step(monkeypatch):
+    # every call that would copy device memory to the host, made from the monitor's own code, is counted
+    import sys
+
+    model = tiny()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    calls = []
+    for method in ("cpu", "item", "tolist", "numpy", "__bool__", "__float__", "__int__", "__index__"):
+        original = getattr(torch.Tensor, method)
+
+        def counting(self, *args, _original=original, _method=method, **kwargs):
+            if sys._getframe(1).f_code.co_filename.endswith("monitor.py") and _method != "numpy":
+                calls.append(_method)   # numpy() of the host copy moves nothing
+            return _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(torch.Tensor, method, counting)
+    monitor = GradientMonitor(model, optimizer).attach()
+    for step in range(4):
+        optimizer.zero_grad()
+        backward(model, step)
+        calls.clear()
+        optimizer.step()
+        assert calls == ["cpu"], calls  # the monitor's hooks ran inside step(): exactly one transfer
+    assert monitor.transfers == 4
+
+
+def test_every_records_every_nth_step():
+    model = tiny()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    with GradientMonitor(model, optimizer, every=3) as monitor:
+        train_steps(model, optimizer, 7)
+    assert monitor.history["steps"].tolist() == [0, 3, 6] and monitor.transfers == 3
+
+
+def test_histograms_have_fixed_bins_and_count_every_value():
+    model = tiny()
+    with GradientMonitor(model, bins=12) as monitor:
+        backward(model)
+        monitor.record()
+    history = monitor.history
+    assert history["histograms"].shape == (1, len(history["layer_names"]), 12)
+    assert history["bin_edges"].shape == (13,)
+    total = sum(p.numel() for p in model.parameters())
+    assert history["histograms"].sum() == total
+
+
+def test_linear_histograms_use_the_given_range():
+    model = tiny()
+    with GradientMonitor(model, bins=4, log_magnitude=False, histogram_range=(-1.0, 1.0)) as monitor:
+        backward(model)
+        monitor.record()
+    np.testing.assert_allclose(monitor.history["bin_edges"], [-1.0, -0.5, 0.0, 0.5, 1.0])
+
+
+def test_update_ratio_is_update_norm_over_weight_norm():
+    model = tiny()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+    weight = model.blocks[0].mlp[0].weight
+    with GradientMonitor(model, optimizer) as monitor:
+        optimizer.zero_grad()
+        backward(model)
+        before = weight.detach().clone()
+        bias_before = model.blocks[0].mlp[0].bias.detach().clone()
+        optimizer.step()
+    layer = monitor.history["layer_names"].index("blocks.0.mlp.0")
+    update = torch.cat([(weight.detach() - before).reshape(-1), model.blocks[0].mlp[0].bias.detach() - bias_before])
+    expected = update.norm() / torch.cat([before.reshape(-1), bias_before]).norm()
+    assert monitor.history["update_ratios"][0, layer] == pytest.approx(expected.item(), rel=1e-4)
+
+
+def test_tied_parameter_is_counted_once():
+    model = tiny(tie_weights=True)
+    monitor = GradientMonitor(model)
+    assert "lm_head" not in monitor.layer_names
+    assert monitor.parameter_names.count("token_embedding.weight") == 1
+    assert len(monitor.parameter_names) == len(list(model.parameters()))
+
+
+def test_frozen_parameters_are_skipped_and_missing_gradients_count_as_zero():
+    model = tiny(tie_weights=False)
+    model.position_embedding.weight.requires_grad_(False)
+    monitor = GradientMonitor(model).attach()
+    assert "position_embedding.weight" not in monitor.parameter_names
+    backward(model)
+    model.lm_head.weight.grad = None          # a parameter that got no gradient this step
+    monitor.record()
+    head = monitor.history["layer_names"].index("lm_head")
+    assert monitor.history["layer_norms"][0, head] == 0
+
+
+def test_first_nonfinite_gradient_is_raised_before_the_step_with_its_parameter():
+    model = tiny()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    before = model.final_norm.weight.detach().clone()
+    with GradientMonitor(model, optimizer) as monitor:
+        optimizer.zero_grad()
+        backward(model)
+        model.final_norm.weight.grad[0] = float("nan")
+        with pytest.raises(NonFiniteGradientError, match="step 0 in parameter 'final_norm.weight'") as error:
+            optimizer.step()
+    assert error.value.parameter == "final_norm.weight"
+    assert torch.equal(model.final_norm.weight.detach(), before)  # the step did not happen
+
+
+def test_nonfinite_gradient_can_be_reported_instead():
+    model = tiny()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    with GradientMonitor(model, optimizer, on_nonfinite="report") as monitor:
+        optimizer.zero_grad()
+        backward(model)
+        model.blocks[0].mlp[2].bias.grad[0] = float("inf")
+        optimizer.step()
+    assert monitor.nonfinite_events == [{"step": 0, "parameter": "blocks.0.mlp.2.bias", "module": None}]
+
+
+class Sqrt(nn.Module):
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        return inputs.sqrt()
+
+
+def test_find_module_names_the_module_whose_backward_produced_the_nonfinite_value():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 3), Sqrt(), nn.Linear(3, 1))
+    nn.init.zeros_(model[0].weight)
+    nn.init.zeros_(model[0].bias)                      # sqrt sees exact zeros, and sqrt'(0) = inf
+    monitor = GradientMonitor(model, find_module=True, on_nonfinite="report").attach()
+    model(torch.randn(4, 3)).sum().backward()
+    monitor.record()
+    assert monitor.nonfinite_events[0]["parameter"] == "0.weight"
+    assert monitor.nonfinite_events[0]["module"] == "1"
+
+
+def test_detach_removes_every_hook_and_lets_the_model_be_collected():
+    model = tiny()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    monitor = GradientMonitor(model, optimizer, find_module=True).attach()
+    assert any(module._backward_hooks for module in model.modules())
+    train_steps(model, optimizer, 2)
+    monitor.detach()
+    assert not any(module._backward_hooks for module in model.modules())
+    assert not optimizer._optimizer_step_pre_hooks and not optimizer._optimizer_step_post_hooks
+    assert monitor.history["global_norm"].shape == (2,)   # the history stays
+    model_reference = weakref.ref(model)
+    del model, optimizer
+    gc.collect()
+    assert model_reference() is None
+
+
+def test_refuses_bad_arguments():
+    with pytest.raises(TypeError, match="model must be a torch.nn.Module, got int"):
+        GradientMonitor(3)
+    with pytest.raises(ValueError, match="on_nonfinite must be one of"):
+        GradientMonitor(tiny(), on_nonfinite="ignore")
+    with pytest.raises(ValueError, match="histogram_range"):
+        GradientMonitor(tiny(), histogram_range=(1.0, -1.0))
+    with pytest.raises(ValueError, match="every must be >= 1, got 0"):
+        GradientMonitor(tiny(), every=0)
+
+
+def test_log_to_writes_scalars_and_histograms():
+    class FakeWriter:
+        def __init__(self):
+            self.scalars, self.histograms = [], []
+
+        def add_scalar(self, tag, value, step):
+            self.scalars.append((tag, step))
+
+        def add_histogram_raw(self, tag, global_step, **kwargs):
+            self.histograms.append((tag, global_step, sum(kwargs["bucket_counts"])))
+
+    model = tiny()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    with GradientMonitor(model, optimizer) as monitor:
+        train_steps(model, optimizer, 2)
+    writer = FakeWriter()
+    monitor.log_to(writer)
+    assert ("gradients/global_norm", 1) in writer.scalars
+    assert ("gradients/norm/lm_head", 0) not in writer.scalars   # tied: no separate head
+    assert all(count == sum(p.numel() for n, p in model.named_parameters() if n.rpartition(".")[0] == tag.split("/")[-1])
+               for tag, _, count in writer.histograms)

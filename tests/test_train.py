@@ -1,0 +1,86 @@
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from gradcourse.monitor import GradientMonitor
+from gradcourse.train import train
+
+
+def regression(seed: int = 0, batches: int = 40, batch_size: int = 8):
+    generator = torch.Generator().manual_seed(seed)
+    true_weight = torch.randn(4, 1, generator=generator)
+    data = []
+    for _ in range(batches):
+        inputs = torch.randn(batch_size, 4, generator=generator)
+        data.append((inputs, inputs @ true_weight))
+    return data
+
+
+def mse(model: nn.Module, batch) -> torch.Tensor:
+    inputs, targets = batch
+    return F.mse_loss(model(inputs), targets)
+
+
+def fresh_model() -> nn.Linear:
+    torch.manual_seed(0)
+    return nn.Linear(4, 1)
+
+
+def test_train_lowers_the_loss_and_returns_one_loss_per_step():
+    model = fresh_model()
+    losses = train(model, regression(), mse, torch.optim.SGD(model.parameters(), lr=0.1), steps=40)
+    assert len(losses) == 40 and losses[-1] < 0.1 * losses[0]
+
+
+def test_accumulation_gives_the_gradient_of_the_union_of_the_micro_batches():
+    data = regression(batches=2)
+    accumulated, whole = fresh_model(), fresh_model()
+    train(accumulated, data, mse, torch.optim.SGD(accumulated.parameters(), lr=0.1), steps=1, accumulation_steps=2)
+    union = (torch.cat([data[0][0], data[1][0]]), torch.cat([data[0][1], data[1][1]]))
+    train(whole, [union], mse, torch.optim.SGD(whole.parameters(), lr=0.1), steps=1)
+    torch.testing.assert_close(accumulated.weight, whole.weight)
+
+
+def test_clipping_bounds_the_step():
+    model = fresh_model()
+    before = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+    train(model, regression(), mse, torch.optim.SGD(model.parameters(), lr=1.0), steps=1, clip_norm=1e-3)
+    after = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+    assert (after - before).norm() <= 1e-3 * (1 + 1e-5)
+
+
+def test_monitor_sees_the_norm_before_clipping():
+    model = fresh_model()
+    monitor = GradientMonitor(model).attach()
+    train(model, regression(), mse, torch.optim.SGD(model.parameters(), lr=0.1), steps=3, clip_norm=1e-3,
+          monitor=monitor)
+    assert monitor.history["global_norm"].min() > 1e-3
+    assert monitor.history["steps"].tolist() == [0, 1, 2]
+
+
+def test_bfloat16_autocast_and_a_grad_scaler_run_on_cpu():
+    model = fresh_model()
+    losses = train(model, regression(), mse, torch.optim.SGD(model.parameters(), lr=0.05), steps=40,
+                   autocast_dtype=torch.bfloat16, scaler=torch.amp.GradScaler("cpu"))
+    assert losses[-1] < losses[0]
+
+
+def test_train_refuses_a_monitor_that_hooks_the_optimizer():
+    model = fresh_model()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    with pytest.raises(ValueError, match="without an optimizer"):
+        train(model, regression(), mse, optimizer, steps=1, monitor=GradientMonitor(model, optimizer))
+
+
+def test_train_says_when_the_batches_run_out():
+    model = fresh_model()
+    with pytest.raises(ValueError, match="batches ran out at step 2"):
+        train(model, regression(batches=5), mse, torch.optim.SGD(model.parameters(), lr=0.1), steps=3,
+              accumulation_steps=2)
+
+
+def test_train_refuses_a_negative_clip_norm():
+    model = fresh_model()
+    with pytest.raises(ValueError, match="clip_norm must be > 0 or None, got -1"):
+        train(model, regression(), mse, torch.optim.SGD(model.parameters(), lr=0.1), steps=1, clip_norm=-1)
