@@ -52,13 +52,15 @@ class GradientMonitor:
             weights) is counted once; frozen parameters are skipped; a parameter without ``.grad`` in a
             step counts as zero.
         optimizer: if given, :meth:`attach` hooks ``optimizer.step()`` so recording is automatic.
-        every: record every ``every``-th step (statistics and the non-finite check).
+        every: record every ``every``-th step (norms, update ratios and the non-finite check).
+        detail_every: add the histograms and the update ratios on every ``detail_every``-th step (they
+            cost a few passes over the gradients and weights; the norms cost one).
         group_by: ``"module"`` (a layer is the module owning the parameters) or ``"parameter"``.
         bins, histogram_range: fixed histogram bins per layer; values outside the range fall in the end
             bins. With ``log_magnitude`` the histogram is of ``log10 |g|`` (range in decades, exact zeros
             land in the first bin); otherwise of ``g``. ``histograms=False`` skips them.
-        update_ratios: record ``||w_after - w_before|| / ||w_before||`` per layer (needs a copy of the
-            weights on recorded steps).
+        update_ratios: record ``||w_after - w_before|| / ||w_before||`` per layer (keeps one copy of the
+            weights, reused every recorded step).
         on_nonfinite: ``"raise"`` a :class:`NonFiniteGradientError` before the optimizer step, or
             ``"report"`` it in :attr:`nonfinite_events` and go on.
         find_module: also hook every module's backward to name the module that produced the first
@@ -66,7 +68,7 @@ class GradientMonitor:
     """
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer | None = None, *, every: int = 1,
-                 group_by: str = "module", histograms: bool = True, bins: int = 40,
+                 group_by: str = "module", histograms: bool = True, detail_every: int = 50, bins: int = 40,
                  histogram_range: tuple[float, float] | None = None, log_magnitude: bool = True,
                  update_ratios: bool = True, on_nonfinite: str = "raise", find_module: bool = False) -> None:
         if not isinstance(model, nn.Module):
@@ -74,6 +76,7 @@ class GradientMonitor:
         if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
             raise TypeError(f"optimizer must be a torch.optim.Optimizer or None, got {type(optimizer).__name__}")
         check_positive_int("every", every)
+        check_positive_int("detail_every", detail_every)
         check_positive_int("bins", bins)
         if group_by not in ("module", "parameter"):
             raise ValueError(f"group_by must be 'module' or 'parameter', got {group_by!r}")
@@ -83,7 +86,7 @@ class GradientMonitor:
         if not (len(histogram_range) == 2 and histogram_range[0] < histogram_range[1]):
             raise ValueError(f"histogram_range must be (low, high) with low < high, got {histogram_range!r}")
         self.model, self.optimizer = model, optimizer
-        self.every, self.histograms, self.bins = every, histograms, bins
+        self.every, self.histograms, self.detail_every, self.bins = every, histograms, detail_every, bins
         self.histogram_range, self.log_magnitude = (float(histogram_range[0]), float(histogram_range[1])), log_magnitude
         self.update_ratios, self.on_nonfinite, self.find_module = update_ratios, on_nonfinite, find_module
         named = [(name, p) for name, p in model.named_parameters() if p.requires_grad]  # tied: listed once
@@ -99,8 +102,12 @@ class GradientMonitor:
         self.nonfinite_events: list[dict] = []
         self._rows: list[np.ndarray] = []  # one host row per recorded step
         self._steps: list[int] = []
+        self._histogram_rows: list[np.ndarray] = []
+        self._histogram_steps: list[int] = []
         self._recorded_step: int | None = None
-        self._weights_before: list[torch.Tensor] | None = None
+        self._weights_before: list[torch.Tensor] | None = None   # reused buffers for the update ratios
+        self._norms_before: torch.Tensor | None = None
+        self._awaiting_update = False
         self._pending_update: torch.Tensor | None = None   # update ratios waiting for the next transfer
         self._pending_update_step: int | None = None
         self._update_rows: dict[int, np.ndarray] = {}
@@ -128,7 +135,7 @@ class GradientMonitor:
             handle.remove()
         self._handles = []
         self.model = self.optimizer = None
-        self._parameters, self._weights_before = [], None
+        self._parameters, self._weights_before, self._norms_before = [], None, None
 
     @property
     def attached(self) -> bool:
@@ -169,7 +176,9 @@ class GradientMonitor:
         layer_squares = torch.zeros(len(self.layer_names), device=squares.device).index_add_(
             0, self._layer_index(squares.device), squares)
         pieces = [squares, layer_squares]
-        if self.histograms:
+        detailed = self.step % self.detail_every == 0
+        with_histograms = self.histograms and detailed
+        if with_histograms:
             pieces.append(self._histograms(grads).reshape(-1))
         if self._pending_update is not None:
             pieces.append(self._pending_update)
@@ -181,20 +190,30 @@ class GradientMonitor:
             host = host[:-layer_count]
             self._pending_update = None
         self._steps.append(self.step)
-        self._rows.append(host[parameter_count:])
-        if self.update_ratios:
-            self._weights_before = [p.detach().clone() for p in self._parameters]
+        self._rows.append(host[parameter_count:parameter_count + layer_count])
+        if with_histograms:
+            self._histogram_steps.append(self.step)
+            self._histogram_rows.append(host[parameter_count + layer_count:].reshape(layer_count, self.bins))
+        if self.update_ratios and detailed:
+            weights = [p.detach() for p in self._parameters]
+            if self._weights_before is None:
+                self._weights_before = [torch.empty_like(weight) for weight in weights]
+            torch._foreach_copy_(self._weights_before, weights)
+            self._norms_before = torch.stack(torch._foreach_norm(weights)).float() ** 2
+            self._awaiting_update = True
         self._check_finite(host[:parameter_count])
 
     def _histograms(self, grads: list[torch.Tensor]) -> torch.Tensor:
+        """``(layers, bins)`` counts: one flattened copy of each layer's gradients, binned by ``bincount``."""
         low, high = self.histogram_range
-        counts = torch.zeros(len(self.layer_names), self.bins, device=grads[0].device)
-        for layer, grad in zip(self._layer_of, grads):
-            values = grad.reshape(-1).float()
+        counts = []
+        for layer in range(len(self.layer_names)):
+            values = torch.cat([grad.reshape(-1).float() for grad, owner in zip(grads, self._layer_of) if owner == layer])
             if self.log_magnitude:
-                values = values.abs().log10()
-            counts[layer] += torch.histc(values.nan_to_num(low, high, low).clamp(low, high), self.bins, low, high)
-        return counts
+                values = values.abs_().log10_()
+            bins = values.nan_to_num_(low, high, low).sub_(low).mul_(self.bins / (high - low))
+            counts.append(torch.bincount(bins.clamp_(0, self.bins - 1).long(), minlength=self.bins))
+        return torch.stack(counts)
 
     def _layer_index(self, device: torch.device) -> torch.Tensor:
         if device not in self._layer_of_on:   # copied to the device once, not every step
@@ -213,16 +232,15 @@ class GradientMonitor:
     def record_update(self) -> None:
         """After ``optimizer.step()``: the update-to-weight ratio per layer (kept on the device until the
         next recorded step's transfer). Also ends the step."""
-        if self._weights_before is not None and self._recorded_step == self.step and self.step % self.every == 0:
+        if self._awaiting_update and self._recorded_step == self.step:
             after = [p.detach() for p in self._parameters]
-            deltas = torch._foreach_sub(after, self._weights_before)
-            update = torch.stack(torch._foreach_norm(deltas)).float() ** 2
-            before = torch.stack(torch._foreach_norm(self._weights_before)).float() ** 2
+            torch._foreach_sub_(self._weights_before, after)                 # the buffers now hold -update
+            update = torch.stack(torch._foreach_norm(self._weights_before)).float() ** 2
             layer = self._layer_index(update.device)
             zeros = torch.zeros(len(self.layer_names), device=update.device)
-            ratio = (zeros.index_add(0, layer, update) / zeros.index_add(0, layer, before).clamp_min(1e-30)).sqrt()
-            self._pending_update, self._pending_update_step = ratio, self.step
-            self._weights_before = None
+            before = zeros.index_add(0, layer, self._norms_before).clamp_min(1e-30)
+            self._pending_update, self._pending_update_step = (zeros.index_add(0, layer, update) / before).sqrt(), self.step
+        self._awaiting_update = False
         self.step += 1
 
     def _flush_update(self) -> None:
@@ -233,17 +251,18 @@ class GradientMonitor:
     # --- results -------------------------------------------------------------------------------------
     @property
     def history(self) -> dict[str, np.ndarray | list[str]]:
-        """Plain arrays: ``steps (S,)``, ``global_norm (S,)``, ``layer_norms (S, L)``, ``histograms (S, L,
-        bins)`` and ``bin_edges (bins + 1,)`` if recorded, ``update_ratios (S, L)`` (NaN where not
-        measured), and ``layer_names``."""
+        """Plain arrays: ``steps (S,)``, ``global_norm (S,)``, ``layer_norms (S, L)``, ``update_ratios (S,
+        L)`` (NaN where not measured), ``layer_names``, and if recorded ``histogram_steps (H,)``,
+        ``histograms (H, L, bins)`` and ``bin_edges (bins + 1,)``. Update ratios and histograms exist on
+        every ``detail_every``-th step."""
         self._flush_update()
         layers = len(self.layer_names)
-        rows = np.array(self._rows).reshape(len(self._rows), -1)
-        layer_norms = np.sqrt(rows[:, :layers])
+        squares = np.array(self._rows).reshape(len(self._rows), layers)
         result: dict = {"steps": np.array(self._steps), "layer_names": list(self.layer_names),
-                        "layer_norms": layer_norms, "global_norm": np.sqrt((rows[:, :layers]).sum(1))}
+                        "layer_norms": np.sqrt(squares), "global_norm": np.sqrt(squares.sum(1))}
         if self.histograms:
-            result["histograms"] = rows[:, layers:].reshape(len(self._rows), layers, self.bins)
+            result["histogram_steps"] = np.array(self._histogram_steps)
+            result["histograms"] = np.array(self._histogram_rows).reshape(len(self._histogram_rows), layers, self.bins)
             result["bin_edges"] = np.linspace(*self.histogram_range, self.bins + 1)
         ratios = np.full((len(self._steps), layers), np.nan)
         for index, step in enumerate(self._steps):
@@ -262,11 +281,12 @@ class GradientMonitor:
                 writer.add_scalar(f"{prefix}/norm/{name}", history["layer_norms"][index, layer], step)
                 if not math.isnan(history["update_ratios"][index, layer]):
                     writer.add_scalar(f"{prefix}/update_ratio/{name}", history["update_ratios"][index, layer], step)
-                if self.histograms:
-                    counts = history["histograms"][index, layer]
-                    edges = history["bin_edges"]
-                    writer.add_histogram_raw(f"{prefix}/histogram/{name}", min=float(edges[0]), max=float(edges[-1]),
-                                             num=float(counts.sum()), sum=float((counts * (edges[:-1] + edges[1:]) / 2).sum()),
-                                             sum_squares=float((counts * ((edges[:-1] + edges[1:]) / 2) ** 2).sum()),
-                                             bucket_limits=edges[1:].tolist(), bucket_counts=counts.tolist(),
-                                             global_step=step)
+        for index, step in enumerate(history.get("histogram_steps", np.array([])).tolist()):
+            for layer, name in enumerate(history["layer_names"]):
+                counts, edges = history["histograms"][index, layer], history["bin_edges"]
+                centres = (edges[:-1] + edges[1:]) / 2
+                writer.add_histogram_raw(f"{prefix}/histogram/{name}", min=float(edges[0]), max=float(edges[-1]),
+                                         num=float(counts.sum()), sum=float((counts * centres).sum()),
+                                         sum_squares=float((counts * centres**2).sum()),
+                                         bucket_limits=edges[1:].tolist(), bucket_counts=counts.tolist(),
+                                         global_step=step)

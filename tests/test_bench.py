@@ -66,3 +66,22 @@ def test_embedding_bench_reports_pytorchs_sparse_gradient_as_a_view_of_grad_outp
     assert by_name["pytorch sparse (uncoalesced)"].is_view
     assert by_name["pytorch sparse (uncoalesced)"].gigabytes_per_second is None
     assert not by_name["pytorch dense"].is_view
+
+
+def test_monitor_bench_times_every_variant_against_no_monitor():
+    from gradcourse.bench.monitor import VARIANTS, run as run_monitor
+
+    rows = run_monitor(vocab=50, d_model=16, layers=1, heads=2, length=8, batch=2, rounds=2)
+    assert [row.name for row in rows] == list(VARIANTS)
+    assert rows[0].overhead == 0 and all(row.seconds > 0 for row in rows)
+
+
+def test_monitor_bench_cli_prints_the_table(capsys):
+    assert main(["monitor", "--vocab", "50", "--d-model", "16", "--layers", "1", "--heads", "2", "--length", "8",
+                 "--batch", "2", "--rounds", "1"]) == 0
+    assert "GradientMonitor" in capsys.readouterr().out
+
+
+def test_monitor_bench_cli_refuses_a_zero_size():
+    with pytest.raises(SystemExit):
+        main(["monitor", "--batch", "0"])
