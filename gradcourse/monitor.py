@@ -36,7 +36,8 @@ warnings.filterwarnings("ignore", message="Full backward hook is firing when gra
 
 class NonFiniteGradientError(FloatingPointError):
     """A gradient held ``inf`` or ``NaN``: names the step, the first such parameter and, in ``find_module``
-    mode, the module whose backward produced the first non-finite value."""
+    mode, the module whose backward produced the first non-finite value (or, if the gradient reaching a
+    module's output was already non-finite, that module with a note saying so)."""
 
     def __init__(self, step: int, parameter: str, module: str | None) -> None:
         self.step, self.parameter, self.module = step, parameter, module
@@ -63,8 +64,9 @@ class GradientMonitor:
             weights, reused every recorded step).
         on_nonfinite: ``"raise"`` a :class:`NonFiniteGradientError` before the optimizer step, or
             ``"report"`` it in :attr:`nonfinite_events` and go on.
-        find_module: also hook every module's backward to name the module that produced the first
-            non-finite value (costs a check per module per step: for debugging).
+        find_module: also hook the backward of every leaf module (one without children) to name the
+            module that produced the first non-finite value (costs a check per module per step: for
+            debugging).
     """
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer | None = None, *, every: int = 1,
@@ -125,7 +127,8 @@ class GradientMonitor:
             self._handles.append(self.optimizer.register_step_post_hook(lambda *args: self.record_update()))
         if self.find_module:
             for name, module in self.model.named_modules():
-                self._handles.append(module.register_full_backward_hook(self._backward_hook(name or "(model)")))
+                if not any(True for _ in module.children()):   # leaf modules: where the computations are
+                    self._handles.append(module.register_full_backward_hook(self._backward_hook(name or "(model)")))
         return self
 
     def detach(self) -> None:
@@ -148,9 +151,14 @@ class GradientMonitor:
         self.detach()
 
     def _backward_hook(self, name: str):
+        # backward runs from the loss towards the inputs, so the first hook to see a non-finite value
+        # names where it appeared: in this module's own backward, or already in its output's gradient
         def hook(module: nn.Module, grad_input: tuple, grad_output: tuple) -> None:
-            if self._first_bad_module is None and self._all_finite(grad_output) and not self._all_finite(grad_input):
-                self._first_bad_module = name
+            if self._first_bad_module is None:
+                if not self._all_finite(grad_output):
+                    self._first_bad_module = f"{name} (its output gradient was already non-finite)"
+                elif not self._all_finite(grad_input):
+                    self._first_bad_module = name
         return hook
 
     @staticmethod
@@ -167,6 +175,8 @@ class GradientMonitor:
         pre-clipping norm is wanted). Raises :class:`NonFiniteGradientError` in ``"raise"`` mode."""
         if self.model is None:
             raise RuntimeError("GradientMonitor is detached")
+        if self._recorded_step == self.step:   # recorded before, and no record_update() ended that step
+            self.step += 1
         self._recorded_step = self.step
         if self.step % self.every:
             return

@@ -119,3 +119,60 @@ def layer_histograms(values: Mapping[str, torch.Tensor], *, bins: int = 60,
         ax.hist(entries, bins=bins, color=PALETTE[0])
         label(ax, f"log10 |{xlabel}|" if log_magnitude else xlabel, "count", title=name)
     return fig
+
+
+def _check_history(history: Mapping, *keys: str) -> None:
+    if not isinstance(history, Mapping):
+        raise TypeError(f"history must be a GradientMonitor history (a mapping), got {type(history).__name__}")
+    missing = [key for key in keys if key not in history]
+    if missing:
+        raise ValueError(f"history has no {missing}: was it recorded (histograms=True, update_ratios=True)?")
+    if not len(history[keys[0]]):
+        raise ValueError("history is empty: no step was recorded")
+
+
+def norm_heatmap(history: Mapping) -> Figure:
+    """Per-layer gradient norm over steps (Chapter 9), colour in log10; layers top to bottom in model order.
+
+    ``history`` is :attr:`gradcourse.monitor.GradientMonitor.history`.
+    """
+    _check_history(history, "layer_norms", "steps", "layer_names")
+    norms = np.log10(np.maximum(history["layer_norms"].T, 1e-30))
+    fig, ax = subplots(width=8.0, height=0.22 * len(history["layer_names"]) + 1.6)
+    steps = history["steps"]
+    image = ax.imshow(norms, aspect="auto", interpolation="nearest",
+                      extent=(steps[0] - 0.5, steps[-1] + 0.5, len(norms) - 0.5, -0.5))
+    ax.set_yticks(range(len(history["layer_names"])), history["layer_names"], fontsize=7)
+    ax.grid(False)
+    fig.colorbar(image, ax=ax, label="log10 gradient norm")
+    label(ax, "step", "layer", "Per-layer gradient norm")
+    return fig
+
+
+def histogram_over_time(history: Mapping, layer: str) -> Figure:
+    """The histogram of one layer's gradient values at each recorded step, as an image (Chapter 9)."""
+    _check_history(history, "histograms", "histogram_steps", "bin_edges", "layer_names")
+    if layer not in history["layer_names"]:
+        raise ValueError(f"layer {layer!r} is not in the history; layers: {history['layer_names']}")
+    counts = history["histograms"][:, history["layer_names"].index(layer)]          # (H, bins)
+    fraction = counts / np.maximum(counts.sum(1, keepdims=True), 1)
+    edges, steps = history["bin_edges"], history["histogram_steps"]
+    fig, ax = subplots(width=7.0)
+    image = ax.imshow(fraction.T, aspect="auto", origin="lower", interpolation="nearest",
+                      extent=(steps[0] - 0.5, steps[-1] + 0.5, edges[0], edges[-1]))
+    ax.grid(False)
+    fig.colorbar(image, ax=ax, label="fraction of the layer's entries")
+    label(ax, "step", "log10 |gradient|" if edges[0] < 0 and edges[-1] <= 10 else "gradient value",
+          f"Gradient histogram over time: {layer}")
+    return fig
+
+
+def update_ratio_lines(history: Mapping) -> Figure:
+    """Update-to-weight ratio of every layer over the steps where it was measured (Chapter 9), log scale."""
+    _check_history(history, "update_ratios", "steps", "layer_names")
+    measured = ~np.isnan(history["update_ratios"]).all(1)
+    fig, ax = subplots(width=7.0)
+    for layer, name in enumerate(history["layer_names"]):
+        ax.semilogy(history["steps"][measured], history["update_ratios"][measured, layer], linewidth=1, alpha=0.7)
+    label(ax, "step", "||update|| / ||weights|| (per layer)", "Update-to-weight ratio, one line per layer")
+    return fig

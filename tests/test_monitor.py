@@ -235,3 +235,21 @@ def test_log_to_writes_scalars_and_histograms():
     assert ("gradients/norm/lm_head", 0) not in writer.scalars   # tied: no separate head
     assert all(count == sum(p.numel() for n, p in model.named_parameters() if n.rpartition(".")[0] == tag.split("/")[-1])
                for tag, _, count in writer.histograms)
+
+
+def test_explicit_record_calls_alone_count_steps():
+    model = tiny()
+    monitor = GradientMonitor(model).attach()
+    for step in range(3):
+        model.zero_grad()
+        backward(model, step)
+        monitor.record()
+    assert monitor.history["steps"].tolist() == [0, 1, 2]
+
+
+def test_find_module_says_when_the_output_gradient_arrived_non_finite():
+    model = nn.Sequential(nn.Linear(3, 3), nn.Linear(3, 1))
+    monitor = GradientMonitor(model, find_module=True, on_nonfinite="report").attach()
+    (model(torch.randn(2, 3)).sum() * float("inf")).backward()
+    monitor.record()
+    assert monitor.nonfinite_events[0]["module"] == "1 (its output gradient was already non-finite)"

@@ -3,6 +3,7 @@ import matplotlib
 matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
@@ -75,3 +76,43 @@ def test_layer_histograms_refuses_an_empty_mapping():
 def test_layer_histograms_refuses_a_non_tensor_value():
     with pytest.raises(TypeError, match="values\\['w'\\]"):
         layer_histograms({"w": [1.0, 2.0]})
+
+
+def _history():
+    from gradcourse.models import TinyGPT
+    from gradcourse.monitor import GradientMonitor
+    import torch.nn.functional as F
+
+    torch.manual_seed(0)
+    model = TinyGPT(30, d_model=8, n_layers=1, n_heads=2, max_len=4)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    with GradientMonitor(model, optimizer, detail_every=1) as monitor:
+        for _ in range(3):
+            optimizer.zero_grad()
+            ids = torch.randint(0, 30, (2, 4))
+            F.cross_entropy(model(ids).reshape(-1, 30), ids.reshape(-1)).backward()
+            optimizer.step()
+    return monitor.history
+
+
+def test_monitor_plots_label_their_axes():
+    from gradcourse.plots import histogram_over_time, norm_heatmap, update_ratio_lines
+
+    history = _history()
+    for fig in (norm_heatmap(history), histogram_over_time(history, "blocks.0.mlp.0"), update_ratio_lines(history)):
+        ax = fig.axes[0]
+        assert ax.get_xlabel() == "step" and ax.get_ylabel()
+
+
+def test_histogram_over_time_names_an_unknown_layer():
+    from gradcourse.plots import histogram_over_time
+
+    with pytest.raises(ValueError, match="layer 'nope' is not in the history"):
+        histogram_over_time(_history(), "nope")
+
+
+def test_monitor_plots_refuse_an_empty_history():
+    from gradcourse.plots import norm_heatmap
+
+    with pytest.raises(ValueError, match="no step was recorded"):
+        norm_heatmap({"layer_norms": np.zeros((0, 2)), "steps": np.array([]), "layer_names": ["a", "b"]})
