@@ -234,7 +234,10 @@ class GradientMonitor:
         bad = np.flatnonzero(~np.isfinite(squares))
         module, self._first_bad_module = self._first_bad_module, None
         if bad.size:
-            event = {"step": self.step, "parameter": self.parameter_names[bad[0]], "module": module}
+            parameter = self.parameter_names[bad[0]]
+            if self.find_module and module is None:   # no input gradient went bad: the weight gradient did
+                module = f"{parameter.rpartition('.')[0] or parameter} (in its parameter gradient)"
+            event = {"step": self.step, "parameter": parameter, "module": module}
             self.nonfinite_events.append(event)
             if self.on_nonfinite == "raise":
                 raise NonFiniteGradientError(**event)
