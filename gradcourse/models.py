@@ -167,3 +167,137 @@ def is_tied(first: torch.Tensor, second: torch.Tensor) -> bool:
             and first.untyped_storage().data_ptr() == second.untyped_storage().data_ptr()
             and first.storage_offset() == second.storage_offset()
             and first.shape == second.shape and first.stride() == second.stride())
+
+
+ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid, "linear": nn.Identity}
+INITS = ("standard", "xavier", "kaiming")
+MLP_NORMS = (None, "batch", "layer", "weight")
+
+
+def _init_linear(layer: nn.Linear, init: str) -> None:
+    """``standard``: U(-1/sqrt(fan_in), 1/sqrt(fan_in)), the heuristic Glorot & Bengio (2010) call standard
+    (and PyTorch's default); ``xavier``: their normalised U(+-sqrt(6 / (fan_in + fan_out))); ``kaiming``:
+    N(0, 2 / fan_in) (He et al., 2015). Biases start at zero."""
+    if init == "standard":
+        bound = 1 / math.sqrt(layer.in_features)
+        nn.init.uniform_(layer.weight, -bound, bound)
+    elif init == "xavier":
+        nn.init.xavier_uniform_(layer.weight)
+    else:
+        nn.init.kaiming_normal_(layer.weight, nonlinearity="relu")
+    nn.init.zeros_(layer.bias)
+
+
+class MLP(nn.Module):
+    """A deep fully connected network whose depth, activation, initialisation, normalisation and skip
+    connections are the experiment.
+
+    Taught in: Chapter 6 (vanishing and exploding gradients at initialisation), Chapter 7 (normalisation
+    and residual connections). ``depth`` linear layers: ``in_features -> width``, ``depth - 2`` times
+    ``width -> width``, ``width -> out_features``; each but the last is followed by the normalisation
+    (``"batch"``/``"layer"``; ``"weight"`` reparametrises the weights instead) and the activation. With
+    ``residual=True`` each ``width -> width`` layer computes ``h + residual_scale * f(h)``.
+
+    ``forward(inputs)`` maps ``(N, in_features)`` to ``(N, out_features)``; ``forward(inputs,
+    return_pre_activations=True)`` also returns the output of every linear layer (the ``s_l`` of Glorot &
+    Bengio), as graph nodes whose gradients can be retained. ``linears`` lists the linear layers in order.
+    """
+
+    def __init__(self, depth: int, width: int, in_features: int, out_features: int, activation: str = "relu",
+                 init: str = "standard", norm: str | None = None, residual: bool = False,
+                 residual_scale: float = 1.0) -> None:
+        super().__init__()
+        for name, value in (("width", width), ("in_features", in_features), ("out_features", out_features)):
+            check_positive_int(name, value)
+        check_positive_int("depth", depth)
+        if depth < 2:
+            raise ValueError(f"depth must be >= 2 (an input and an output layer), got {depth}")
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"activation must be one of {tuple(ACTIVATIONS)}, got {activation!r}")
+        if init not in INITS:
+            raise ValueError(f"init must be one of {INITS}, got {init!r}")
+        if norm not in MLP_NORMS:
+            raise ValueError(f"norm must be one of {MLP_NORMS}, got {norm!r}")
+        sizes = [in_features] + [width] * (depth - 1) + [out_features]
+        self.linears = nn.ModuleList(nn.Linear(a, b) for a, b in zip(sizes, sizes[1:]))
+        for layer in self.linears:
+            _init_linear(layer, init)
+            if norm == "weight":
+                nn.utils.parametrizations.weight_norm(layer)
+        norm_class = {"batch": nn.BatchNorm1d, "layer": nn.LayerNorm}.get(norm, None)
+        self.norms = nn.ModuleList(norm_class(width) if norm_class else nn.Identity() for _ in range(depth - 1))
+        self.activation = ACTIVATIONS[activation]()
+        self.residual, self.residual_scale = residual, residual_scale
+
+    def forward(self, inputs: torch.Tensor, return_pre_activations: bool = False):
+        hidden, pre_activations = inputs, []
+        for index, layer in enumerate(self.linears):
+            pre_activation = layer(hidden)
+            pre_activations.append(pre_activation)
+            if index == len(self.linears) - 1:
+                hidden = pre_activation
+                break
+            update = self.activation(self.norms[index](pre_activation))
+            is_square = 0 < index < len(self.linears) - 1
+            hidden = hidden + self.residual_scale * update if self.residual and is_square else update
+        return (hidden, pre_activations) if return_pre_activations else hidden
+
+
+RNN_NONLINEARITIES = {"tanh": torch.tanh, "sigmoid": torch.sigmoid, "linear": lambda x: x}
+CELLS = ("vanilla", "lstm", "gru")
+
+
+class RNN(nn.Module):
+    """A recurrent network unrolled in Python, so every hidden state is a graph node one can inspect.
+
+    Taught in: Chapter 6 (gradients across time vs the recurrent matrix) and Chapter 8 (clipping an
+    exploding RNN). ``cell="vanilla"``: ``h_t = f(W_ih x_t + W_hh h_{t-1} + b)`` with ``f`` the
+    ``nonlinearity``; ``"lstm"``/``"gru"`` use PyTorch's cells (``nonlinearity`` must stay ``"tanh"``).
+    ``recurrent_weight`` is ``W_hh`` (for gated cells, the stacked ``weight_hh``).
+
+    ``forward(inputs)`` maps ``(B, T, input_size)`` to the readout of every step, ``(B, T, output_size)``
+    (the hidden states themselves when ``output_size`` is None); with ``return_states=True`` it also
+    returns the list of the ``T`` hidden states ``(B, hidden_size)``.
+    """
+
+    def __init__(self, input_size: int, hidden_size: int, nonlinearity: str = "tanh", cell: str = "vanilla",
+                 output_size: int | None = None) -> None:
+        super().__init__()
+        check_positive_int("input_size", input_size)
+        check_positive_int("hidden_size", hidden_size)
+        if nonlinearity not in RNN_NONLINEARITIES:
+            raise ValueError(f"nonlinearity must be one of {tuple(RNN_NONLINEARITIES)}, got {nonlinearity!r}")
+        if cell not in CELLS:
+            raise ValueError(f"cell must be one of {CELLS}, got {cell!r}")
+        if cell != "vanilla" and nonlinearity != "tanh":
+            raise ValueError(f"a {cell} cell has its own gates: nonlinearity must be 'tanh', got {nonlinearity!r}")
+        self.cell_type, self.hidden_size, self.nonlinearity = cell, hidden_size, nonlinearity
+        if cell == "vanilla":
+            self.input_weight = nn.Linear(input_size, hidden_size)
+            self.recurrent = nn.Linear(hidden_size, hidden_size, bias=False)
+        else:
+            self.cell = (nn.LSTMCell if cell == "lstm" else nn.GRUCell)(input_size, hidden_size)
+        self.readout = nn.Linear(hidden_size, output_size) if output_size is not None else None
+
+    @property
+    def recurrent_weight(self) -> nn.Parameter:
+        return self.recurrent.weight if self.cell_type == "vanilla" else self.cell.weight_hh
+
+    def forward(self, inputs: torch.Tensor, return_states: bool = False):
+        if inputs.dim() != 3:
+            raise ValueError(f"inputs must have shape (batch, time, input_size), got {tuple(inputs.shape)}")
+        batch = inputs.shape[0]
+        hidden = inputs.new_zeros(batch, self.hidden_size)
+        memory = inputs.new_zeros(batch, self.hidden_size)
+        states = []
+        for step in range(inputs.shape[1]):
+            if self.cell_type == "vanilla":
+                hidden = RNN_NONLINEARITIES[self.nonlinearity](self.input_weight(inputs[:, step]) + self.recurrent(hidden))
+            elif self.cell_type == "lstm":
+                hidden, memory = self.cell(inputs[:, step], (hidden, memory))
+            else:
+                hidden = self.cell(inputs[:, step], hidden)
+            states.append(hidden)
+        stacked = torch.stack(states, dim=1)
+        outputs = self.readout(stacked) if self.readout is not None else stacked
+        return (outputs, states) if return_states else outputs

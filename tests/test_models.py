@@ -2,7 +2,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from gradcourse.models import TinyGPT, is_tied, sinusoidal_positions
+from gradcourse.models import MLP, RNN, TinyGPT, is_tied, sinusoidal_positions
 
 
 def small(**kwargs) -> TinyGPT:
@@ -132,3 +132,61 @@ def test_is_tied_is_false_for_different_views_of_one_storage():
 def test_is_tied_refuses_a_non_tensor():
     with pytest.raises(TypeError, match="second must be a tensor, got list"):
         is_tied(torch.zeros(2), [0.0, 0.0])
+
+
+@pytest.mark.parametrize("init, expected_std", [("standard", (1 / 64) ** 0.5 / 3 ** 0.5), ("xavier", (2 / 128) ** 0.5),
+                                                ("kaiming", (2 / 64) ** 0.5)])
+def test_mlp_initialisations_have_their_published_scale(init, expected_std):
+    torch.manual_seed(0)
+    weight = MLP(3, 64, 64, 1, init=init).linears[1].weight
+    assert weight.std().item() == pytest.approx(expected_std, rel=0.05)
+    assert torch.count_nonzero(MLP(3, 64, 64, 1, init=init).linears[1].bias) == 0
+
+
+@pytest.mark.parametrize("norm", [None, "batch", "layer", "weight"])
+def test_mlp_norm_options_run_and_shape(norm):
+    model = MLP(4, 8, 3, 2, norm=norm)
+    assert model(torch.randn(5, 3)).shape == (5, 2)
+
+
+def test_mlp_residual_scale_zero_makes_middle_layers_the_identity():
+    torch.manual_seed(0)
+    deep = MLP(6, 8, 3, 2, residual=True, residual_scale=0.0)
+    shallow = MLP(2, 8, 3, 2)
+    shallow.linears[0].load_state_dict(deep.linears[0].state_dict())
+    shallow.linears[1].load_state_dict(deep.linears[-1].state_dict())
+    inputs = torch.randn(4, 3)
+    torch.testing.assert_close(deep(inputs), shallow(inputs))
+
+
+def test_mlp_refuses_bad_options():
+    with pytest.raises(ValueError, match="depth must be >= 2"):
+        MLP(1, 8, 3, 2)
+    with pytest.raises(ValueError, match="activation must be one of"):
+        MLP(3, 8, 3, 2, activation="gelu")
+    with pytest.raises(ValueError, match="init must be one of"):
+        MLP(3, 8, 3, 2, init="orthogonal")
+
+
+@pytest.mark.parametrize("cell", ["vanilla", "lstm", "gru"])
+def test_rnn_cells_return_every_step(cell):
+    rnn = RNN(3, 5, cell=cell, output_size=2)
+    outputs, states = rnn(torch.randn(4, 6, 3), return_states=True)
+    assert outputs.shape == (4, 6, 2) and len(states) == 6 and states[0].shape == (4, 5)
+    assert rnn.recurrent_weight.shape[1] == 5
+
+
+def test_vanilla_rnn_matches_its_equation():
+    torch.manual_seed(0)
+    rnn = RNN(2, 3, nonlinearity="sigmoid")
+    inputs = torch.randn(1, 2, 2)
+    h1 = torch.sigmoid(rnn.input_weight(inputs[:, 0]))
+    h2 = torch.sigmoid(rnn.input_weight(inputs[:, 1]) + h1 @ rnn.recurrent_weight.T)
+    torch.testing.assert_close(rnn(inputs)[:, 1], h2)
+
+
+def test_rnn_refuses_bad_options():
+    with pytest.raises(ValueError, match="nonlinearity must be 'tanh'"):
+        RNN(2, 3, nonlinearity="sigmoid", cell="lstm")
+    with pytest.raises(ValueError, match=r"inputs must have shape \(batch, time, input_size\)"):
+        RNN(2, 3)(torch.randn(4, 2))

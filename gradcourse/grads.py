@@ -1,0 +1,60 @@
+"""Gradients inside a network: per layer, and across time.
+
+Taught in: Chapter 6 (vanishing and exploding gradients), reused in Chapters 7 and 8.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from gradcourse.models import MLP, RNN
+
+
+def mlp_gradient_norms(model: MLP, inputs: torch.Tensor, targets: torch.Tensor,
+                       loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> dict[str, torch.Tensor]:
+    """One forward and backward pass; the gradient norm of every layer, two ways.
+
+    Returns:
+        ``{"weights": (depth,), "activations": (depth,)}``: ``||dL/dW_l||`` of each linear layer's weight,
+        and ``||dL/ds_l||`` of its output ``s_l`` (the back-propagated gradient, summed over the batch
+        as autograd gives it). Layer 0 is the input layer. The model's ``.grad`` fields are left set.
+
+    Raises:
+        TypeError: ``model`` is not a :class:`~gradcourse.models.MLP`.
+    """
+    if not isinstance(model, MLP):
+        raise TypeError(f"model must be a gradcourse.models.MLP, got {type(model).__name__}")
+    model.zero_grad(set_to_none=True)
+    outputs, pre_activations = model(inputs, return_pre_activations=True)
+    for pre_activation in pre_activations:
+        pre_activation.retain_grad()
+    loss_fn(outputs, targets).backward()
+    weights = [layer.weight for layer in model.linears]
+    return {"weights": torch.stack([w.grad.norm() if w.grad is not None else w.new_zeros(()) for w in weights]),
+            "activations": torch.stack([s.grad.norm() for s in pre_activations])}
+
+
+def hidden_state_gradients(rnn: RNN, inputs: torch.Tensor,
+                           loss_fn: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    """``||dL/dh_k||`` for every step ``k``: how much the loss depends on the hidden state at each step.
+
+    ``loss_fn(outputs)`` turns the ``(B, T, ...)`` outputs into the scalar loss; to study the loss at step
+    ``t`` alone use e.g. ``lambda outputs: outputs[:, t].pow(2).sum()``. The gradient with respect to
+    ``h_k`` is the total one: through ``h_{k+1}`` and, if the loss reads it, through step ``k``'s output.
+
+    Returns:
+        ``(T,)`` norms (over the batch and the hidden units). Steps after the last one the loss reads are 0.
+
+    Raises:
+        TypeError: ``rnn`` is not a :class:`~gradcourse.models.RNN`.
+    """
+    if not isinstance(rnn, RNN):
+        raise TypeError(f"rnn must be a gradcourse.models.RNN, got {type(rnn).__name__}")
+    outputs, states = rnn(inputs, return_states=True)
+    for state in states:
+        state.retain_grad()
+    rnn.zero_grad(set_to_none=True)
+    loss_fn(outputs).backward()
+    return torch.stack([state.grad.norm() if state.grad is not None else state.new_zeros(()) for state in states])

@@ -1,0 +1,63 @@
+import pytest
+import torch
+import torch.nn.functional as F
+
+from gradcourse.grads import hidden_state_gradients, mlp_gradient_norms
+from gradcourse.models import MLP, RNN
+
+
+def test_mlp_weight_norms_match_autograd():
+    torch.manual_seed(0)
+    model = MLP(4, 8, 3, 2, activation="tanh").double()
+    inputs, targets = torch.randn(5, 3, dtype=torch.float64), torch.randn(5, 2, dtype=torch.float64)
+    norms = mlp_gradient_norms(model, inputs, targets, F.mse_loss)
+    expected = torch.stack([layer.weight.grad.norm() for layer in model.linears])
+    torch.testing.assert_close(norms["weights"], expected)
+
+
+def test_mlp_activation_gradient_of_the_last_layer_is_the_loss_derivative():
+    torch.manual_seed(0)
+    model = MLP(3, 8, 3, 2).double()
+    inputs, targets = torch.randn(5, 3, dtype=torch.float64), torch.randn(5, 2, dtype=torch.float64)
+    norms = mlp_gradient_norms(model, inputs, targets, F.mse_loss)
+    with torch.no_grad():
+        outputs = model(inputs)
+    expected = (2 * (outputs - targets) / outputs.numel()).norm()   # d mean((y - t)^2) / dy
+    torch.testing.assert_close(norms["activations"][-1], expected)
+
+
+def test_mlp_weight_gradient_is_activation_gradient_times_layer_input():
+    torch.manual_seed(0)
+    model = MLP(3, 6, 4, 1, activation="relu").double()
+    inputs, targets = torch.randn(7, 4, dtype=torch.float64), torch.randn(7, 1, dtype=torch.float64)
+    mlp_gradient_norms(model, inputs, targets, F.mse_loss)
+    _, pre = model(inputs, return_pre_activations=True)
+    for s in pre:
+        s.retain_grad()
+    model.zero_grad()
+    F.mse_loss(pre[-1], targets).backward()
+    torch.testing.assert_close(model.linears[0].weight.grad, pre[0].grad.T @ inputs)   # dL/dW = G^T X
+
+
+def test_rnn_hidden_gradients_follow_powers_of_the_recurrent_matrix():
+    torch.manual_seed(0)
+    rnn = RNN(2, 4, nonlinearity="linear").double()
+    inputs = torch.randn(3, 6, 2, dtype=torch.float64)
+    norms = hidden_state_gradients(rnn, inputs, lambda outputs: outputs[:, -1].sum())
+    recurrent = rnn.recurrent_weight.detach()
+    last = torch.ones(3, 4, dtype=torch.float64)            # dL/dh_T for a sum over the last state
+    expected = [(last @ torch.linalg.matrix_power(recurrent, 5 - k)).norm() for k in range(6)]
+    torch.testing.assert_close(norms, torch.stack(expected))
+
+
+def test_rnn_hidden_gradients_after_the_loss_step_are_zero():
+    rnn = RNN(2, 4)
+    norms = hidden_state_gradients(rnn, torch.randn(1, 5, 2), lambda outputs: outputs[:, 2].sum())
+    assert torch.count_nonzero(norms[3:]) == 0 and bool((norms[:3] > 0).all())
+
+
+def test_grads_refuse_other_models():
+    with pytest.raises(TypeError, match="gradcourse.models.MLP, got Linear"):
+        mlp_gradient_norms(torch.nn.Linear(2, 2), torch.randn(1, 2), torch.randn(1, 2), F.mse_loss)
+    with pytest.raises(TypeError, match="gradcourse.models.RNN, got Linear"):
+        hidden_state_gradients(torch.nn.Linear(2, 2), torch.randn(1, 2, 2), lambda o: o.sum())
