@@ -183,9 +183,12 @@ class GradientMonitor:
         grads = [p.grad.detach() if p.grad is not None else torch.zeros((), device=p.device, dtype=p.dtype)
                  for p in self._parameters]
         squares = torch.stack([n.float() for n in torch._foreach_norm(grads)]) ** 2         # (P,)
+        # the largest |entry| of each gradient: non-finite exactly when an entry is (a float32 2-norm
+        # already overflows to inf once entries pass about 1.8e19, so it cannot be the test)
+        largest = torch.stack([n.float() for n in torch._foreach_norm(grads, float("inf"))])  # (P,)
         layer_squares = torch.zeros(len(self.layer_names), device=squares.device).index_add_(
             0, self._layer_index(squares.device), squares)
-        pieces = [squares, layer_squares]
+        pieces = [largest, layer_squares]
         detailed = self.step % self.detail_every == 0
         with_histograms = self.histograms and detailed
         if with_histograms:
@@ -200,7 +203,7 @@ class GradientMonitor:
             host = host[:-layer_count]
             self._pending_update = None
         self._steps.append(self.step)
-        self._rows.append(host[parameter_count:parameter_count + layer_count])
+        self._rows.append(host[parameter_count:parameter_count + layer_count])   # squared layer norms
         if with_histograms:
             self._histogram_steps.append(self.step)
             self._histogram_rows.append(host[parameter_count + layer_count:].reshape(layer_count, self.bins))
