@@ -35,7 +35,8 @@ warnings.filterwarnings("ignore", message="Full backward hook is firing when gra
 
 
 class NonFiniteGradientError(FloatingPointError):
-    """A gradient held ``inf`` or ``NaN``: names the step, the first such parameter and, in ``find_module``
+    """A gradient's norm is not finite: an entry is ``inf`` or ``NaN``, or (in float32) the entries are so
+    large, beyond about 1.8e19, that the norm overflows; ``clip_grad_norm_`` would then zero the step. Names the step, the first such parameter and, in ``find_module``
     mode, the module whose backward produced the first non-finite value (or, if the gradient reaching a
     module's output was already non-finite, that module with a note saying so)."""
 
@@ -183,12 +184,9 @@ class GradientMonitor:
         grads = [p.grad.detach() if p.grad is not None else torch.zeros((), device=p.device, dtype=p.dtype)
                  for p in self._parameters]
         squares = torch.stack([n.float() for n in torch._foreach_norm(grads)]) ** 2         # (P,)
-        # the largest |entry| of each gradient: non-finite exactly when an entry is (a float32 2-norm
-        # already overflows to inf once entries pass about 1.8e19, so it cannot be the test)
-        largest = torch.stack([n.float() for n in torch._foreach_norm(grads, float("inf"))])  # (P,)
         layer_squares = torch.zeros(len(self.layer_names), device=squares.device).index_add_(
             0, self._layer_index(squares.device), squares)
-        pieces = [largest, layer_squares]
+        pieces = [squares, layer_squares]
         detailed = self.step % self.detail_every == 0
         with_histograms = self.histograms and detailed
         if with_histograms:
