@@ -204,3 +204,28 @@ def encode(text: str, merges: list[tuple[str, str]]) -> list[str]:
             cache[word] = symbols
         pieces.extend(cache[word])
     return pieces
+
+
+def random_windows(token_ids: torch.Tensor, batch_size: int, length: int, *, seed: int = 0):
+    """Endless batches of random windows of a token sequence, for next-token training.
+
+    Taught in: Chapter 7 and Chapter 9 (training TinyGPT on the corpus). Yields ``(inputs, targets)``, each
+    ``(batch_size, length)`` on ``token_ids``' device, with ``targets`` the inputs shifted by one token.
+    The window starts come from a CPU generator seeded with ``seed``, so a run repeats exactly.
+
+    Raises:
+        TypeError / ValueError: ``token_ids`` is not a 1-D integer tensor longer than ``length + 1``, or a
+            size is not a positive int.
+    """
+    check_positive_int("batch_size", batch_size)
+    check_positive_int("length", length)
+    if not isinstance(token_ids, torch.Tensor) or token_ids.dim() != 1 or token_ids.is_floating_point():
+        raise TypeError("token_ids must be a 1-D integer tensor")
+    if token_ids.numel() < length + 2:
+        raise ValueError(f"token_ids has {token_ids.numel()} tokens: too few for windows of length {length}")
+    generator = torch.Generator().manual_seed(seed)
+    offsets = torch.arange(length + 1, device=token_ids.device)
+    while True:
+        starts = torch.randint(0, token_ids.numel() - length - 1, (batch_size,), generator=generator)
+        window = token_ids[starts.to(token_ids.device).unsqueeze(1) + offsets]
+        yield window[:, :-1], window[:, 1:]

@@ -116,3 +116,26 @@ def test_bpe_refuses_zero_merges():
 def test_encode_refuses_merges_of_the_wrong_form():
     with pytest.raises(TypeError, match="merges"):
         encode("abc", ["ab"])
+
+
+def test_random_windows_yield_inputs_and_shifted_targets():
+    from gradcourse.data import random_windows
+
+    token_ids = torch.arange(100)
+    inputs, targets = next(random_windows(token_ids, 4, 10, seed=1))
+    assert inputs.shape == targets.shape == (4, 10)
+    assert torch.equal(targets, inputs + 1)              # consecutive ids: the next token is id + 1
+
+
+def test_random_windows_repeat_for_a_seed():
+    from gradcourse.data import random_windows
+
+    first, second = random_windows(torch.arange(50), 3, 5, seed=7), random_windows(torch.arange(50), 3, 5, seed=7)
+    assert all(torch.equal(next(first)[0], next(second)[0]) for _ in range(3))
+
+
+def test_random_windows_refuse_a_sequence_too_short():
+    from gradcourse.data import random_windows
+
+    with pytest.raises(ValueError, match="too few for windows of length 10"):
+        next(random_windows(torch.arange(5), 2, 10))
