@@ -1,0 +1,231 @@
+"""Start a few processes with a ``torch.distributed`` process group, from a script or a notebook.
+
+Taught in: Chapter 10 (gradients at scale). :func:`launch` runs ``worker(rank, world_size, *args)`` in
+``world_size`` fresh processes (``spawn``, so it is safe with CUDA), each in a process group (``gloo`` on
+CPU, ``nccl`` when there is a GPU per rank), and returns what each rank returned. If a worker raises,
+the others are stopped — they may be waiting in a collective that will never complete — and the error is
+raised in the caller with the failing rank's traceback; no process is left behind.
+
+Workers must be importable functions (``spawn`` pickles them by name), which is why the chapter's
+workers live here: :func:`data_parallel_checks` and :func:`failing_worker`.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import pickle
+import queue as queue_module
+import socket
+import time
+import traceback
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+import torch.nn as nn
+import torch.nn.functional as F
+
+from gradcourse._validate import check_positive_int
+
+
+class WorkerError(RuntimeError):
+    """A worker process raised; the message holds its rank and traceback."""
+
+
+def default_backend(world_size: int) -> str:
+    """``"nccl"`` when CUDA has a GPU for every rank, else ``"gloo"`` (CPU tensors)."""
+    return "nccl" if torch.cuda.is_available() and torch.cuda.device_count() >= world_size else "gloo"
+
+
+def worker_device(rank: int) -> torch.device:
+    """The device a worker should use: its own GPU under ``nccl``, else the CPU."""
+    if dist.is_initialized() and dist.get_backend() == "nccl":
+        return torch.device("cuda", rank)
+    return torch.device("cpu")
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _entry(rank: int, world_size: int, backend: str, port: int, timeout: float, worker: Callable,
+           args: tuple, results: Any) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    try:
+        dist.init_process_group(backend, rank=rank, world_size=world_size,
+                                timeout=datetime.timedelta(seconds=timeout))
+        if backend == "nccl":
+            torch.cuda.set_device(rank)
+        results.put((rank, "ok", worker(rank, world_size, *args)))
+    except BaseException:  # report everything, including KeyboardInterrupt, to the parent
+        results.put((rank, "error", traceback.format_exc()))
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def launch(worker: Callable[..., Any], world_size: int = 2, *args: Any, backend: str | None = None,
+           timeout: float = 120.0) -> list[Any]:
+    """Run ``worker(rank, world_size, *args)`` in ``world_size`` processes; return the results by rank.
+
+    Raises:
+        TypeError: ``worker`` cannot be pickled by name (a lambda, or a function defined in a notebook).
+        ValueError: a bad ``world_size``, ``backend`` or ``timeout``.
+        WorkerError: a worker raised (the others are terminated first).
+        TimeoutError: the workers did not all finish within ``timeout`` seconds (all are terminated).
+    """
+    check_positive_int("world_size", world_size)
+    backend = backend or default_backend(world_size)
+    if backend not in ("gloo", "nccl"):
+        raise ValueError(f"backend must be 'gloo' or 'nccl', got {backend!r}")
+    if not timeout > 0:
+        raise ValueError(f"timeout must be > 0 seconds, got {timeout!r}")
+    try:
+        pickle.dumps(worker)
+        if getattr(worker, "__module__", None) == "__main__":
+            raise pickle.PicklingError("defined in __main__")
+    except (pickle.PicklingError, AttributeError, TypeError) as error:
+        raise TypeError(f"worker {getattr(worker, '__qualname__', worker)!r} must be a function importable by "
+                        f"name from a module (spawned processes import it): {error}") from None
+    context = mp.get_context("spawn")
+    results = context.Queue()
+    port = _free_port()
+    processes = [context.Process(target=_entry, args=(rank, world_size, backend, port, timeout, worker, args, results),
+                                 daemon=True) for rank in range(world_size)]
+    for process in processes:
+        process.start()
+    outputs: dict[int, Any] = {}
+    deadline = time.monotonic() + timeout
+    try:
+        while len(outputs) < world_size:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError(f"workers did not finish within {timeout} s (done: ranks {sorted(outputs)})")
+            try:
+                rank, status, value = results.get(timeout=min(remaining, 1.0))
+            except queue_module.Empty:
+                dead = [rank for rank, process in enumerate(processes)
+                        if process.exitcode not in (None, 0) and rank not in outputs]
+                if dead:
+                    raise WorkerError(f"rank {dead[0]} exited with code {processes[dead[0]].exitcode} "
+                                      "without reporting") from None
+                continue
+            if status == "error":
+                raise WorkerError(f"rank {rank} of {world_size} failed:\n{value}")
+            outputs[rank] = value
+    finally:
+        for process in processes:
+            process.join(timeout=5 if len(outputs) == world_size else 0.5)
+        for process in processes:
+            if process.is_alive():
+                process.terminate()
+                process.join(timeout=5)
+            if process.is_alive():
+                process.kill()
+                process.join()
+        results.close()
+    return [outputs[rank] for rank in range(world_size)]
+
+
+# --- workers used by Chapter 10 and the tests -----------------------------------------------------------
+
+def failing_worker(rank: int, world_size: int, failing_rank: int = 1) -> None:
+    """Rank ``failing_rank`` raises; the others wait in a barrier that can never complete."""
+    if rank == failing_rank:
+        raise ValueError(f"rank {rank} failed on purpose")
+    dist.barrier()
+
+
+def _flat_grad(model: nn.Module) -> torch.Tensor:
+    return torch.cat([p.grad.reshape(-1) for p in model.parameters()])
+
+
+def data_parallel_checks(rank: int, world_size: int, seed: int = 0) -> dict[str, Any]:
+    """The data-parallel facts of Chapter 10, measured on every rank (each rank returns its own numbers).
+
+    - ``ddp_vs_large_batch``: max |difference| between DDP's averaged gradient (each rank a slice of the
+      batch, mean loss) and one process's gradient on the whole batch.
+    - ``sum_loss_ratio``: with a summed loss, DDP's gradient over the whole-batch sum gradient (``1 /
+      world_size``: DDP averages).
+    - ``no_sync_vs_large_batch`` and ``allreduce_calls``: accumulation over two micro-batches per rank
+      with ``no_sync()`` on the first; the gradient matches the large batch, and DDP's all-reduce calls
+      are counted with and without ``no_sync()`` (``allreduce_calls_without_no_sync``).
+    - ``sparse_vs_dense`` and ``sparse_rows``: an ``nn.Embedding(sparse=True)`` gradient all-reduced as a
+      sparse tensor (each rank looking up its own ids) against the dense gradient of all ids.
+    """
+    from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
+    from torch.nn.parallel import DistributedDataParallel
+
+    from gradcourse.models import MLP
+
+    device = worker_device(rank)
+    generator = torch.Generator().manual_seed(seed)
+    per_rank = 8
+    inputs = torch.randn(per_rank * world_size, 6, generator=generator, dtype=torch.float64).to(device)
+    labels = torch.randint(0, 3, (per_rank * world_size,), generator=generator).to(device)
+    mine = slice(rank * per_rank, (rank + 1) * per_rank)
+
+    def fresh() -> nn.Module:
+        torch.manual_seed(seed)
+        return MLP(3, 16, 6, 3, activation="tanh").to(device, torch.float64)
+
+    reference = fresh()
+    F.cross_entropy(reference(inputs), labels).backward()
+    reference_sum = fresh()
+    F.cross_entropy(reference_sum(inputs), labels, reduction="sum").backward()
+    results: dict[str, Any] = {}
+
+    ddp = DistributedDataParallel(fresh())
+    F.cross_entropy(ddp(inputs[mine]), labels[mine]).backward()
+    results["ddp_vs_large_batch"] = (_flat_grad(ddp.module) - _flat_grad(reference)).abs().max().item()
+
+    ddp_sum = DistributedDataParallel(fresh())
+    F.cross_entropy(ddp_sum(inputs[mine]), labels[mine], reduction="sum").backward()
+    results["sum_loss_ratio"] = (_flat_grad(ddp_sum.module).norm() / _flat_grad(reference_sum).norm()).item()
+
+    accumulating = DistributedDataParallel(fresh())
+    calls = []
+
+    def counting_hook(state, bucket):
+        calls.append(1)
+        return allreduce_hook(state, bucket)
+
+    # DDP checks a hook's annotations as objects (this module's annotations are strings)
+    counting_hook.__annotations__ = {"state": object, "bucket": dist.GradBucket,
+                                     "return": torch.futures.Future[torch.Tensor]}
+    accumulating.register_comm_hook(None, counting_hook)
+    halves = (slice(mine.start, mine.start + per_rank // 2), slice(mine.start + per_rank // 2, mine.stop))
+    with accumulating.no_sync():                       # first micro-batch: accumulate locally
+        (F.cross_entropy(accumulating(inputs[halves[0]]), labels[halves[0]]) / 2).backward()
+    (F.cross_entropy(accumulating(inputs[halves[1]]), labels[halves[1]]) / 2).backward()   # all-reduce here
+    results["no_sync_vs_large_batch"] = (_flat_grad(accumulating.module) - _flat_grad(reference)).abs().max().item()
+    results["allreduce_calls"] = len(calls)
+    calls.clear()
+    eager = DistributedDataParallel(fresh())             # the same two micro-batches without no_sync()
+    eager.register_comm_hook(None, counting_hook)
+    for half in halves:
+        (F.cross_entropy(eager(inputs[half]), labels[half]) / 2).backward()
+    results["allreduce_calls_without_no_sync"] = len(calls)
+
+    vocab, dim = 20, 4
+    torch.manual_seed(seed)
+    table = nn.Embedding(vocab, dim, sparse=True).to(device, torch.float64)
+    ids = torch.randint(0, vocab, (world_size, 5), generator=generator).to(device)
+    table(ids[rank]).sum().backward()
+    sparse = table.weight.grad.coalesce()
+    results["sparse_rows_before"] = sparse._nnz()
+    dist.all_reduce(sparse)                             # gloo all-reduces sparse tensors
+    sparse = sparse.coalesce()
+    dense_table = nn.Embedding(vocab, dim).to(device, torch.float64)
+    dense_table.weight.data.copy_(table.weight.data)
+    dense_table(ids.reshape(-1)).sum().backward()
+    results["sparse_vs_dense"] = (sparse.to_dense() - dense_table.weight.grad).abs().max().item()
+    results["sparse_rows_after"] = sparse._nnz()
+    results["distinct_ids"] = int(ids.unique().numel())
+    return results
