@@ -78,3 +78,35 @@ def train(model: nn.Module, batches: Iterable[Any], loss_fn: Callable[[nn.Module
         if step % 10 == 0 or step == steps - 1:
             bar.set_postfix(loss=f"{step_loss.item():.4f}")
     return torch.stack(losses).tolist()
+
+
+def accumulate_gradients(model: nn.Module, micro_batches: list[Any],
+                         per_example_loss: Callable[[nn.Module, Any], torch.Tensor], *,
+                         normalize: str = "examples") -> int:
+    """Set ``.grad`` to the gradient accumulated over several micro-batches, one backward at a time.
+
+    Taught in: Chapter 10. ``per_example_loss(model, batch)`` returns one loss per example. With
+    ``normalize="examples"`` the micro-batches' summed losses are back-propagated and the gradients divided
+    by the total number of examples at the end: the gradient of the union's mean loss, exact for
+    micro-batches of any sizes. ``normalize="micro_batches"`` back-propagates each micro-batch's mean
+    divided by the number of micro-batches (``loss / k``, the common recipe): exact only when all sizes are
+    equal. Existing gradients are cleared first. Returns the total number of examples.
+
+    Raises:
+        ValueError: an unknown ``normalize``, or no micro-batch.
+    """
+    if normalize not in ("examples", "micro_batches"):
+        raise ValueError(f"normalize must be 'examples' or 'micro_batches', got {normalize!r}")
+    if not micro_batches:
+        raise ValueError("micro_batches is empty")
+    model.zero_grad(set_to_none=True)
+    total = 0
+    for batch in micro_batches:
+        losses = per_example_loss(model, batch)
+        total += losses.numel()
+        (losses.sum() if normalize == "examples" else losses.mean() / len(micro_batches)).backward()
+    if normalize == "examples":
+        for parameter in model.parameters():
+            if parameter.grad is not None:
+                parameter.grad /= total
+    return total

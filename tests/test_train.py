@@ -84,3 +84,49 @@ def test_train_refuses_a_negative_clip_norm():
     model = fresh_model()
     with pytest.raises(ValueError, match="clip_norm must be > 0 or None, got -1"):
         train(model, regression(), mse, torch.optim.SGD(model.parameters(), lr=0.1), steps=1, clip_norm=-1)
+
+
+def per_example_mse(model: nn.Module, batch) -> torch.Tensor:
+    inputs, targets = batch
+    return ((model(inputs) - targets) ** 2).mean(1)
+
+
+def _gradient_of(model: nn.Module) -> torch.Tensor:
+    return torch.cat([p.grad.reshape(-1) for p in model.parameters()])
+
+
+def _unequal_split():
+    (inputs, targets), = regression(batches=1, batch_size=10)
+    return [(inputs[:3], targets[:3]), (inputs[3:], targets[3:])], (inputs, targets)
+
+
+def test_accumulate_gradients_by_examples_is_exact_for_unequal_micro_batches():
+    from gradcourse.train import accumulate_gradients
+
+    pieces, whole = _unequal_split()
+    model = fresh_model()
+    assert accumulate_gradients(model, pieces, per_example_mse) == 10
+    expected = fresh_model()
+    per_example_mse(expected, whole).mean().backward()
+    torch.testing.assert_close(_gradient_of(model), _gradient_of(expected))
+
+
+def test_loss_over_k_is_wrong_for_unequal_micro_batches_and_right_for_equal_ones():
+    from gradcourse.train import accumulate_gradients
+
+    pieces, whole = _unequal_split()
+    expected = fresh_model()
+    per_example_mse(expected, whole).mean().backward()
+    model = fresh_model()
+    accumulate_gradients(model, pieces, per_example_mse, normalize="micro_batches")
+    assert not torch.allclose(_gradient_of(model), _gradient_of(expected))
+    equal = [(whole[0][:5], whole[1][:5]), (whole[0][5:], whole[1][5:])]
+    accumulate_gradients(model, equal, per_example_mse, normalize="micro_batches")
+    torch.testing.assert_close(_gradient_of(model), _gradient_of(expected))
+
+
+def test_accumulate_gradients_refuses_an_unknown_normalisation():
+    from gradcourse.train import accumulate_gradients
+
+    with pytest.raises(ValueError, match="normalize must be 'examples' or 'micro_batches', got 'tokens'"):
+        accumulate_gradients(fresh_model(), _unequal_split()[0], per_example_mse, normalize="tokens")
