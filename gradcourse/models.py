@@ -11,6 +11,7 @@ import math
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+import torch.utils.checkpoint
 
 from gradcourse._validate import check_positive_int
 
@@ -127,7 +128,12 @@ class TinyGPT(nn.Module):
         if isinstance(module, nn.Linear) and module.bias is not None:
             nn.init.zeros_(module.bias)
 
-    def forward(self, token_ids: torch.Tensor) -> torch.Tensor:
+    def forward(self, token_ids: torch.Tensor, checkpoint_every: int = 0) -> torch.Tensor:
+        """``checkpoint_every=k > 0`` runs each group of ``k`` blocks under non-reentrant activation
+        checkpointing (Chapter 10): only the group's input is kept, and its activations are recomputed
+        during backward."""
+        if not isinstance(checkpoint_every, int) or checkpoint_every < 0:
+            raise ValueError(f"checkpoint_every must be an int >= 0, got {checkpoint_every!r}")
         if not isinstance(token_ids, torch.Tensor) or token_ids.dtype not in (torch.int64, torch.int32):
             raise TypeError("token_ids must be an int64 or int32 tensor, got "
                             + (str(token_ids.dtype) if isinstance(token_ids, torch.Tensor) else type(token_ids).__name__))
@@ -142,9 +148,19 @@ class TinyGPT(nn.Module):
         else:
             hidden = hidden + self.sinusoidal[:length].to(hidden.dtype)
         hidden = self.dropout(hidden)
-        for block in self.blocks:
-            hidden = block(hidden)
+        if checkpoint_every:
+            for start in range(0, len(self.blocks), checkpoint_every):
+                group = self.blocks[start:start + checkpoint_every]
+                hidden = torch.utils.checkpoint.checkpoint(_run_blocks, group, hidden, use_reentrant=False)
+        else:
+            hidden = _run_blocks(self.blocks, hidden)
         return self.lm_head(self.final_norm(hidden))
+
+
+def _run_blocks(blocks: nn.ModuleList, hidden: torch.Tensor) -> torch.Tensor:
+    for block in blocks:
+        hidden = block(hidden)
+    return hidden
 
 
 def is_tied(first: torch.Tensor, second: torch.Tensor) -> bool:

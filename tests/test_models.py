@@ -190,3 +190,19 @@ def test_rnn_refuses_bad_options():
         RNN(2, 3, nonlinearity="sigmoid", cell="lstm")
     with pytest.raises(ValueError, match=r"inputs must have shape \(batch, time, input_size\)"):
         RNN(2, 3)(torch.randn(4, 2))
+
+
+def test_checkpointed_forward_gives_the_same_gradients():
+    model = small()
+    token_ids = torch.randint(0, 50, (2, 12))
+    gradients = []
+    for every in (0, 1):
+        model.zero_grad()
+        F.cross_entropy(model(token_ids, checkpoint_every=every).reshape(-1, 50), token_ids.reshape(-1)).backward()
+        gradients.append(torch.cat([p.grad.reshape(-1) for p in model.parameters()]))
+    assert torch.equal(gradients[0], gradients[1])
+
+
+def test_checkpoint_every_refuses_a_negative_value():
+    with pytest.raises(ValueError, match="checkpoint_every must be an int >= 0, got -1"):
+        small()(torch.zeros(1, 4, dtype=torch.long), checkpoint_every=-1)
