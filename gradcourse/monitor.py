@@ -97,9 +97,7 @@ class GradientMonitor:
         self._parameters = [p for _, p in named]
         owner = (lambda name: name.rpartition(".")[0] or name) if group_by == "module" else (lambda name: name)
         self.layer_names = list(dict.fromkeys(owner(name) for name in self.parameter_names))
-        layer_of = [self.layer_names.index(owner(name)) for name in self.parameter_names]
-        self._layer_of = layer_of                        # layer index of each parameter (host list)
-        self._layer_of_on: dict[torch.device, torch.Tensor] = {}   # the same, cached on each device
+        self._layer_of = np.array([self.layer_names.index(owner(name)) for name in self.parameter_names])
         self.step = 0                      # steps seen (recorded or not)
         self.transfers = 0                 # device-to-host transfers made: one per recorded step
         self.nonfinite_events: list[dict] = []
@@ -109,7 +107,7 @@ class GradientMonitor:
         self._histogram_steps: list[int] = []
         self._recorded_step: int | None = None
         self._weights_before: list[torch.Tensor] | None = None   # reused buffers for the update ratios
-        self._norms_before: torch.Tensor | None = None
+        self._squares_before: torch.Tensor | None = None
         self._awaiting_update = False
         self._pending_update: torch.Tensor | None = None   # update ratios waiting for the next transfer
         self._pending_update_step: int | None = None
@@ -139,11 +137,7 @@ class GradientMonitor:
             handle.remove()
         self._handles = []
         self.model = self.optimizer = None
-        self._parameters, self._weights_before, self._norms_before = [], None, None
-
-    @property
-    def attached(self) -> bool:
-        return bool(self._handles) or (self.model is not None and self.optimizer is None and not self.find_module)
+        self._parameters, self._weights_before, self._squares_before = [], None, None
 
     def __enter__(self) -> GradientMonitor:
         return self.attach()
@@ -183,10 +177,7 @@ class GradientMonitor:
             return
         grads = [p.grad.detach() if p.grad is not None else torch.zeros((), device=p.device, dtype=p.dtype)
                  for p in self._parameters]
-        squares = torch.stack([n.float() for n in torch._foreach_norm(grads)]) ** 2         # (P,)
-        layer_squares = torch.zeros(len(self.layer_names), device=squares.device).index_add_(
-            0, self._layer_index(squares.device), squares)
-        pieces = [squares, layer_squares]
+        pieces = [torch.stack([n.float() for n in torch._foreach_norm(grads)]) ** 2]        # (P,) squared norms
         detailed = self.step % self.detail_every == 0
         with_histograms = self.histograms and detailed
         if with_histograms:
@@ -196,40 +187,45 @@ class GradientMonitor:
         host = torch.cat([piece.float().reshape(-1) for piece in pieces]).cpu().numpy()      # the one transfer
         self.transfers += 1
         parameter_count, layer_count = len(self._parameters), len(self.layer_names)
+        squares = host[:parameter_count]
         if self._pending_update is not None:
-            self._update_rows[self._pending_update_step] = host[-layer_count:]
-            host = host[:-layer_count]
+            self._update_rows[self._pending_update_step] = self._update_ratios(host[-2 * parameter_count:])
+            host = host[:-2 * parameter_count]
             self._pending_update = None
         self._steps.append(self.step)
-        self._rows.append(host[parameter_count:parameter_count + layer_count])   # squared layer norms
+        self._rows.append(self._per_layer(squares))   # squared layer norms
         if with_histograms:
             self._histogram_steps.append(self.step)
-            self._histogram_rows.append(host[parameter_count + layer_count:].reshape(layer_count, self.bins))
+            self._histogram_rows.append(host[parameter_count:].reshape(layer_count, self.bins))
         if self.update_ratios and detailed:
             weights = [p.detach() for p in self._parameters]
             if self._weights_before is None:
                 self._weights_before = [torch.empty_like(weight) for weight in weights]
             torch._foreach_copy_(self._weights_before, weights)
-            self._norms_before = torch.stack(torch._foreach_norm(weights)).float() ** 2
+            self._squares_before = torch.stack(torch._foreach_norm(weights)).float() ** 2
             self._awaiting_update = True
-        self._check_finite(host[:parameter_count])
+        self._check_finite(squares)
 
     def _histograms(self, grads: list[torch.Tensor]) -> torch.Tensor:
         """``(layers, bins)`` counts: one flattened copy of each layer's gradients, binned by ``bincount``."""
         low, high = self.histogram_range
         counts = []
         for layer in range(len(self.layer_names)):
-            values = torch.cat([grad.reshape(-1).float() for grad, owner in zip(grads, self._layer_of) if owner == layer])
+            values = torch.cat([grads[i].reshape(-1).float() for i in np.flatnonzero(self._layer_of == layer)])
             if self.log_magnitude:
                 values = values.abs_().log10_()
             bins = values.nan_to_num_(low, high, low).sub_(low).mul_(self.bins / (high - low))
             counts.append(torch.bincount(bins.clamp_(0, self.bins - 1).long(), minlength=self.bins))
         return torch.stack(counts)
 
-    def _layer_index(self, device: torch.device) -> torch.Tensor:
-        if device not in self._layer_of_on:   # copied to the device once, not every step
-            self._layer_of_on[device] = torch.tensor(self._layer_of, device=device)
-        return self._layer_of_on[device]
+    def _per_layer(self, per_parameter: np.ndarray) -> np.ndarray:
+        """Sum per-parameter values (squared norms) into their layers, on the host."""
+        return np.bincount(self._layer_of, weights=per_parameter, minlength=len(self.layer_names))
+
+    def _update_ratios(self, squares: np.ndarray) -> np.ndarray:
+        """Per-layer ``||update|| / ||weights before||`` from per-parameter squared norms (updates, then weights)."""
+        update, before = np.split(squares, 2)
+        return np.sqrt(self._per_layer(update) / np.maximum(self._per_layer(before), 1e-30))
 
     def _check_finite(self, squares: np.ndarray) -> None:
         bad = np.flatnonzero(~np.isfinite(squares))
@@ -250,29 +246,28 @@ class GradientMonitor:
             after = [p.detach() for p in self._parameters]
             torch._foreach_sub_(self._weights_before, after)                 # the buffers now hold -update
             update = torch.stack(torch._foreach_norm(self._weights_before)).float() ** 2
-            layer = self._layer_index(update.device)
-            zeros = torch.zeros(len(self.layer_names), device=update.device)
-            before = zeros.index_add(0, layer, self._norms_before).clamp_min(1e-30)
-            self._pending_update, self._pending_update_step = (zeros.index_add(0, layer, update) / before).sqrt(), self.step
+            self._pending_update = torch.cat([update, self._squares_before])   # to the host with the next transfer
+            self._pending_update_step = self.step
         self._awaiting_update = False
         self.step += 1
 
     def _flush_update(self) -> None:
         if self._pending_update is not None:
-            self._update_rows[self._pending_update_step] = self._pending_update.cpu().numpy()
+            self._update_rows[self._pending_update_step] = self._update_ratios(self._pending_update.cpu().numpy())
             self._pending_update = None
 
     # --- results -------------------------------------------------------------------------------------
     @property
     def history(self) -> dict[str, np.ndarray | list[str]]:
         """Plain arrays: ``steps (S,)``, ``global_norm (S,)``, ``layer_norms (S, L)``, ``update_ratios (S,
-        L)`` (NaN where not measured), ``layer_names``, and if recorded ``histogram_steps (H,)``,
-        ``histograms (H, L, bins)`` and ``bin_edges (bins + 1,)``. Update ratios and histograms exist on
-        every ``detail_every``-th step."""
+        L)`` (NaN where not measured), ``layer_names``, ``log_magnitude``, and if recorded
+        ``histogram_steps (H,)``, ``histograms (H, L, bins)`` and ``bin_edges (bins + 1,)``. Update ratios
+        and histograms exist on every ``detail_every``-th step."""
         self._flush_update()
         layers = len(self.layer_names)
         squares = np.array(self._rows).reshape(len(self._rows), layers)
         result: dict = {"steps": np.array(self._steps), "layer_names": list(self.layer_names),
+                        "log_magnitude": self.log_magnitude,
                         "layer_norms": np.sqrt(squares), "global_norm": np.sqrt(squares.sum(1))}
         if self.histograms:
             result["histogram_steps"] = np.array(self._histogram_steps)

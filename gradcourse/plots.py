@@ -162,7 +162,7 @@ def histogram_over_time(history: Mapping, layer: str) -> Figure:
                       extent=(steps[0] - 0.5, steps[-1] + 0.5, edges[0], edges[-1]))
     ax.grid(False)
     fig.colorbar(image, ax=ax, label="fraction of the layer's entries")
-    label(ax, "step", "log10 |gradient|" if edges[0] < 0 and edges[-1] <= 10 else "gradient value",
+    label(ax, "step", "log10 |gradient|" if history.get("log_magnitude", True) else "gradient value",
           f"Gradient histogram over time: {layer}")
     return fig
 
