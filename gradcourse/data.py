@@ -8,23 +8,17 @@ tokenizers are reused by the chapters that train TinyGPT.
 from __future__ import annotations
 
 import collections
-import importlib
-import inspect
+import functools
+import gzip
+import importlib.resources
 import re
 
 import torch
 
 from gradcourse._validate import check_positive_int
 
-#: Standard-library modules whose docstrings make the corpus: present on every Python >= 3.10. The text
-#: differs a little between Python versions, so nothing may depend on its exact content.
-CORPUS_MODULES = (
-    "argparse", "calendar", "codecs", "collections", "configparser", "contextlib", "copy", "csv",
-    "dataclasses", "datetime", "decimal", "difflib", "enum", "fractions", "functools", "heapq", "inspect",
-    "itertools", "json", "logging", "mailbox", "optparse", "pathlib", "pickle", "pprint", "queue", "random",
-    "shlex", "shutil", "smtplib", "statistics", "string", "tarfile", "tempfile", "textwrap", "threading",
-    "tokenize", "traceback", "unittest", "uuid", "weakref", "zipfile",
-)
+#: The corpus file shipped inside the package, as (folder, name); built by ``tools/build_corpus.py``.
+CORPUS_FILE = ("corpus", "stdlib_docstrings.txt.gz")
 
 END_OF_WORD = "</w>"
 _WORD = re.compile(r"[a-z]+|[0-9]+|[^\sa-z0-9]")
@@ -53,24 +47,26 @@ def zipf_token_ids(num_tokens: int, vocab_size: int, exponent: float = 1.0, *, s
 
 
 def stdlib_corpus(max_chars: int | None = None) -> str:
-    """English text available offline everywhere: docstrings of :data:`CORPUS_MODULES` and their public members.
+    """English text available offline everywhere: docstrings of about forty standard-library modules.
 
-    Deterministic for a given Python version (modules, then members, in sorted order).
+    The text was built once (``tools/build_corpus.py``, CPython 3.11) and ships gzip-compressed inside
+    the package, so it is the same on every Python version, under ``python -OO`` and on every device.
+    The docstrings are CPython's, under the PSF License (``gradcourse/corpus/LICENSE-PSF.txt``).
+
+    Args:
+        max_chars: return only the first ``max_chars`` characters (a positive int), or all of it.
     """
     if max_chars is not None:
         check_positive_int("max_chars", max_chars)
-    pieces: list[str] = []
-    for module_name in CORPUS_MODULES:
-        module = importlib.import_module(module_name)
-        pieces.append(inspect.getdoc(module) or "")
-        for name in sorted(vars(module)):
-            member = getattr(module, name)
-            if name.startswith("_") or not (inspect.isclass(member) or inspect.isfunction(member)):
-                continue
-            if getattr(member, "__module__", None) == module_name:
-                pieces.append(inspect.getdoc(member) or "")
-    text = "\n\n".join(piece for piece in pieces if piece)
+    text = _corpus_text()
     return text if max_chars is None else text[:max_chars]
+
+
+@functools.cache
+def _corpus_text() -> str:
+    folder, name = CORPUS_FILE
+    compressed = (importlib.resources.files("gradcourse") / folder / name).read_bytes()
+    return gzip.decompress(compressed).decode("utf-8")
 
 
 def words(text: str) -> list[str]:

@@ -1,4 +1,7 @@
+import hashlib
 import math
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -49,6 +52,20 @@ def test_stdlib_corpus_is_english_text_of_useful_size():
 
 def test_stdlib_corpus_is_deterministic_and_can_be_truncated():
     assert stdlib_corpus(1000) == stdlib_corpus()[:1000]
+
+
+# sha256 of the shipped text: the same corpus on every Python (rebuilt only by tools/build_corpus.py)
+CORPUS_SHA256 = "5a6c0ab0bbc38bc115b6c9068b1bc1580ae8e9b7e55596d360972d2ceff0392b"
+
+
+def test_stdlib_corpus_is_the_shipped_text():
+    assert hashlib.sha256(stdlib_corpus().encode("utf-8")).hexdigest() == CORPUS_SHA256
+
+
+def test_stdlib_corpus_survives_python_minus_OO():
+    script = "import hashlib; from gradcourse.data import stdlib_corpus; print(hashlib.sha256(stdlib_corpus().encode()).hexdigest())"
+    result = subprocess.run([sys.executable, "-OO", "-c", script], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == CORPUS_SHA256
 
 
 def test_words_lowercases_and_splits_punctuation():
