@@ -16,11 +16,15 @@ ArrayLike = Union[torch.Tensor, np.ndarray, float, int]
 
 
 def _as_float64(name: str, role: str, value: ArrayLike) -> torch.Tensor:
-    """Return ``value`` as a float64 CPU tensor, or raise ``TypeError`` naming it."""
+    """Return ``value`` as a float64 CPU tensor (complex128 for complex values, which keep their
+    imaginary part), or raise ``TypeError`` naming it."""
     if isinstance(value, torch.Tensor):
-        return value.detach().to(device="cpu", dtype=torch.float64)
-    if isinstance(value, np.ndarray) and value.dtype.kind in "biuf":
-        return torch.from_numpy(value.astype(np.float64))
+        dtype = torch.complex128 if value.is_complex() else torch.float64
+        return value.detach().to(device="cpu", dtype=dtype)
+    if isinstance(value, np.ndarray) and value.dtype.kind in "biufc":
+        return torch.from_numpy(value.astype(np.complex128 if value.dtype.kind == "c" else np.float64))
+    if isinstance(value, complex):
+        return torch.tensor(value, dtype=torch.complex128)
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return torch.tensor(float(value), dtype=torch.float64)
     raise TypeError(
@@ -65,6 +69,8 @@ def compare(
     _check_tolerance("rtol", rtol)
     ours_t = _as_float64(name, "ours", ours)
     reference_t = _as_float64(name, "reference", reference)
+    if ours_t.is_complex() != reference_t.is_complex():   # compare a real value as a complex one
+        ours_t, reference_t = ours_t.to(torch.complex128), reference_t.to(torch.complex128)
     if ours_t.shape != reference_t.shape:
         raise ValueError(
             f"{name}: shapes differ: ours {tuple(ours_t.shape)} vs reference {tuple(reference_t.shape)}"
@@ -134,7 +140,7 @@ def finite_difference_grad(
             return value.item()
         return float(value)
 
-    point = x.detach().clone()
+    point = x.detach().clone(memory_format=torch.contiguous_format)   # any layout (a transposed x, say)
     flat = point.view(-1)
     grad = torch.empty_like(flat)
     with torch.no_grad():
@@ -146,4 +152,4 @@ def finite_difference_grad(
             f_minus = scalar(f(point))
             flat[i] = original
             grad[i] = (f_plus - f_minus) / (2 * eps)
-    return grad.view_as(x)
+    return grad.reshape(x.shape)

@@ -96,7 +96,8 @@ class CharTokenizer:
         return torch.tensor([self._index[char] for char in text], dtype=torch.long)
 
     def decode(self, token_ids: torch.Tensor) -> str:
-        return "".join(self.vocab[i] for i in token_ids.tolist())
+        """The text of ``token_ids`` (any shape, flattened); raises ``ValueError`` naming an unknown id."""
+        return "".join(self.vocab[i] for i in _checked_ids(token_ids, len(self.vocab)))
 
 
 class WordTokenizer:
@@ -129,7 +130,19 @@ class WordTokenizer:
         return torch.tensor([self._index.get(word, 0) for word in words(text)], dtype=torch.long)
 
     def decode(self, token_ids: torch.Tensor) -> str:
-        return " ".join(self.vocab[i] for i in token_ids.tolist())
+        """The words of ``token_ids`` (any shape, flattened); raises ``ValueError`` naming an unknown id."""
+        return " ".join(self.vocab[i] for i in _checked_ids(token_ids, len(self.vocab)))
+
+
+def _checked_ids(token_ids: torch.Tensor, vocab_size: int) -> list[int]:
+    """``token_ids`` as a list of ints in ``[0, vocab_size)``; a negative id would index from the end."""
+    if not isinstance(token_ids, torch.Tensor) or token_ids.is_floating_point() or token_ids.is_complex():
+        raise TypeError(f"token_ids must be an integer tensor, got {token_ids!r}")
+    ids = token_ids.reshape(-1).tolist()
+    bad = next((i for i in ids if not 0 <= i < vocab_size), None)
+    if bad is not None:
+        raise ValueError(f"token id {bad} is outside the vocabulary [0, {vocab_size})")
+    return ids
 
 
 def _merge_pair(symbols: tuple[str, ...], pair: tuple[str, str]) -> tuple[str, ...]:
@@ -221,7 +234,7 @@ def random_windows(token_ids: torch.Tensor, batch_size: int, length: int, *, see
         raise ValueError(f"token_ids has {token_ids.numel()} tokens: too few for windows of length {length}")
     generator = torch.Generator().manual_seed(seed)
     offsets = torch.arange(length + 1, device=token_ids.device)
-    while True:
-        starts = torch.randint(0, token_ids.numel() - length - 1, (batch_size,), generator=generator)
+    while True:   # a window takes length + 1 tokens: starts 0 .. numel - length - 1, the last one included
+        starts = torch.randint(0, token_ids.numel() - length, (batch_size,), generator=generator)
         window = token_ids[starts.to(token_ids.device).unsqueeze(1) + offsets]
         yield window[:, :-1], window[:, 1:]

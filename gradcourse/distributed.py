@@ -16,6 +16,7 @@ import datetime
 import os
 import pickle
 import queue as queue_module
+import signal
 import socket
 import time
 import traceback
@@ -55,6 +56,8 @@ def _free_port() -> int:
 
 def _entry(rank: int, world_size: int, backend: str, port: int, timeout: float, worker: Callable,
            args: tuple, results: Any) -> None:
+    if hasattr(os, "setpgrp"):
+        os.setpgrp()   # its own process group: launch() ends it together with anything it started
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
     try:
@@ -62,30 +65,100 @@ def _entry(rank: int, world_size: int, backend: str, port: int, timeout: float, 
                                 timeout=datetime.timedelta(seconds=timeout))
         if backend == "nccl":
             torch.cuda.set_device(rank)
-        results.put((rank, "ok", worker(rank, world_size, *args)))
+        value = worker(rank, world_size, *args)
+        try:   # plain pickling: tensors travel as bytes, not as shared-memory handles that can race
+            report = (rank, "ok", pickle.dumps(value))
+        except Exception as error:
+            report = (rank, "error", f"rank {rank} returned a {type(value).__name__} that cannot be "
+                                     f"pickled: {error!r}")
     except BaseException:  # report everything, including KeyboardInterrupt, to the parent
-        results.put((rank, "error", traceback.format_exc()))
+        report = (rank, "error", traceback.format_exc())
+    try:   # the report is written out before the process group goes, and the peers' errors with it
+        results.put(report)
+        results.close()
+        results.join_thread()
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
+
+
+def _death(rank: int, exitcode: int) -> str:
+    if exitcode < 0:
+        try:
+            how = f"was killed by signal {signal.Signals(-exitcode).name}"
+        except ValueError:
+            how = f"was killed by signal {-exitcode}"
+    else:
+        how = f"exited with code {exitcode}"
+    return f"rank {rank} {how} without reporting a result"
+
+
+def _first_death(processes: list, reported: set[int]) -> str | None:
+    """The death of a rank that ended without reporting (the lowest such rank), or None."""
+    dead = [rank for rank, process in enumerate(processes)
+            if rank not in reported and process.exitcode not in (None, 0)]
+    return _death(dead[0], processes[dead[0]].exitcode) if dead else None
+
+
+#: Words of the errors a rank raises when a peer failed first (its collective lost the connection).
+_PEER_FAILURE = ("Connection reset by peer", "Connection closed by peer", "Broken pipe", "NCCL")
+
+
+def _failure_report(rank: int, error: str, world_size: int, processes: list, outputs: dict, results: Any) -> str:
+    """The cause first: a rank that died without a word, else a rank's own error rather than one that
+    only says its peer went away. Gathers the errors that arrive within half a second."""
+    errors = {rank: error}
+    deadline = time.monotonic() + 0.5
+    while time.monotonic() < deadline:
+        try:
+            other, status, value = results.get(timeout=max(deadline - time.monotonic(), 0.01))
+        except queue_module.Empty:
+            break
+        if status == "error":
+            errors[other] = value
+        else:
+            outputs[other] = value
+    death = _first_death(processes, set(outputs) | set(errors))
+    ranked = sorted(errors, key=lambda r: (any(word in errors[r] for word in _PEER_FAILURE), r))
+    first = f"rank {ranked[0]} of {world_size} failed:\n{errors[ranked[0]]}"
+    others = "".join(f"\nthen rank {r} failed too: {errors[r].strip().splitlines()[-1]}" for r in ranked[1:])
+    return (f"{death}; then " if death else "") + first + others
+
+
+def _end_process_group(process: Any) -> None:
+    """Kill a worker and every process in its group (what it started, a DataLoader's workers say)."""
+    if hasattr(os, "killpg") and process.pid is not None:
+        try:
+            os.killpg(process.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass   # the group is gone already
+    if process.is_alive():
+        process.kill()
+    process.join(timeout=5)
 
 
 def launch(worker: Callable[..., Any], world_size: int = 2, *args: Any, backend: str | None = None,
            timeout: float = 120.0) -> list[Any]:
     """Run ``worker(rank, world_size, *args)`` in ``world_size`` processes; return the results by rank.
 
+    The workers are not daemons (they may start processes of their own, such as ``DataLoader``
+    workers); each runs in its own process group, which is killed when the launch ends, whatever
+    happened. Results come back by plain pickling, so they must be picklable.
+
     Raises:
         TypeError: ``worker`` cannot be pickled by name (a lambda, or a function defined in a notebook).
         ValueError: a bad ``world_size``, ``backend`` or ``timeout``.
-        WorkerError: a worker raised (the others are terminated first).
-        TimeoutError: the workers did not all finish within ``timeout`` seconds (all are terminated).
+        WorkerError: a worker raised, returned something that cannot be pickled, or died without
+            reporting (a crash, ``os._exit``: the first such rank is named with its exit code or
+            signal); the others are stopped first.
+        TimeoutError: the workers did not all finish within ``timeout`` seconds (all are stopped).
     """
     check_positive_int("world_size", world_size)
     backend = backend or default_backend(world_size)
     if backend not in ("gloo", "nccl"):
         raise ValueError(f"backend must be 'gloo' or 'nccl', got {backend!r}")
-    if not timeout > 0:
-        raise ValueError(f"timeout must be > 0 seconds, got {timeout!r}")
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
+        raise ValueError(f"timeout must be a number of seconds > 0, got {timeout!r}")
     try:
         pickle.dumps(worker)
         if getattr(worker, "__module__", None) == "__main__":
@@ -97,7 +170,7 @@ def launch(worker: Callable[..., Any], world_size: int = 2, *args: Any, backend:
     results = context.Queue()
     port = _free_port()
     processes = [context.Process(target=_entry, args=(rank, world_size, backend, port, timeout, worker, args, results),
-                                 daemon=True) for rank in range(world_size)]
+                                 daemon=False) for rank in range(world_size)]
     for process in processes:
         process.start()
     outputs: dict[int, Any] = {}
@@ -108,28 +181,22 @@ def launch(worker: Callable[..., Any], world_size: int = 2, *args: Any, backend:
             if remaining <= 0:
                 raise TimeoutError(f"workers did not finish within {timeout} s (done: ranks {sorted(outputs)})")
             try:
-                rank, status, value = results.get(timeout=min(remaining, 1.0))
+                rank, status, value = results.get(timeout=min(remaining, 0.2))
             except queue_module.Empty:
-                dead = [rank for rank, process in enumerate(processes)
-                        if process.exitcode not in (None, 0) and rank not in outputs]
-                if dead:
-                    raise WorkerError(f"rank {dead[0]} exited with code {processes[dead[0]].exitcode} "
-                                      "without reporting") from None
+                death = _first_death(processes, set(outputs))
+                if death:
+                    raise WorkerError(death) from None
                 continue
             if status == "error":
-                raise WorkerError(f"rank {rank} of {world_size} failed:\n{value}")
-            outputs[rank] = value
+                raise WorkerError(_failure_report(rank, value, world_size, processes, outputs, results))
+            outputs[rank] = pickle.loads(value)
     finally:
         for process in processes:
-            process.join(timeout=5 if len(outputs) == world_size else 0.5)
+            process.join(timeout=5 if len(outputs) == world_size else 0)
         for process in processes:
-            if process.is_alive():
-                process.terminate()
-                process.join(timeout=5)
-            if process.is_alive():
-                process.kill()
-                process.join()
+            _end_process_group(process)
         results.close()
+        results.join_thread()
     return [outputs[rank] for rank in range(world_size)]
 
 

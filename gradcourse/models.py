@@ -106,6 +106,8 @@ class TinyGPT(nn.Module):
             raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
         if not 0 <= dropout < 1:
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        if not isinstance(tie_weights, bool):
+            raise TypeError(f"tie_weights must be True or False, got {tie_weights!r}")
         self.vocab_size, self.max_len = vocab_size, max_len
         self.token_embedding = nn.Embedding(vocab_size, d_model)
         if positional == "learned":
@@ -120,6 +122,17 @@ class TinyGPT(nn.Module):
         self.apply(self._init_weights)
         if tie_weights:
             self.lm_head.weight = self.token_embedding.weight
+        self._register_load_state_dict_pre_hook(self._refuse_untied_checkpoint)
+
+    def _refuse_untied_checkpoint(self, state_dict: dict, prefix: str, *args) -> None:
+        # Loading writes lm_head.weight after token_embedding.weight; into one shared tensor, an untied
+        # checkpoint's head would silently overwrite its embedding.
+        embedding, head = state_dict.get(prefix + "token_embedding.weight"), state_dict.get(prefix + "lm_head.weight")
+        if (is_tied(self.lm_head.weight, self.token_embedding.weight) and embedding is not None
+                and head is not None and not torch.equal(embedding, head)):
+            raise ValueError("this TinyGPT ties lm_head to token_embedding, but the checkpoint's "
+                             "lm_head.weight and token_embedding.weight differ (an untied checkpoint): "
+                             "load it into TinyGPT(..., tie_weights=False)")
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:
@@ -137,11 +150,16 @@ class TinyGPT(nn.Module):
         if not isinstance(token_ids, torch.Tensor) or token_ids.dtype not in (torch.int64, torch.int32):
             raise TypeError("token_ids must be an int64 or int32 tensor, got "
                             + (str(token_ids.dtype) if isinstance(token_ids, torch.Tensor) else type(token_ids).__name__))
-        if token_ids.dim() != 2:
-            raise ValueError(f"token_ids must have shape (batch, length), got {tuple(token_ids.shape)}")
+        if token_ids.dim() != 2 or 0 in token_ids.shape:
+            raise ValueError(f"token_ids must have shape (batch, length), got {tuple(token_ids.shape)} "
+                             "(both must be at least 1)")
         length = token_ids.shape[1]
         if length > self.max_len:
             raise ValueError(f"sequence length {length} exceeds max_len {self.max_len}")
+        smallest, largest = (value.item() for value in torch.aminmax(token_ids))   # one host sync
+        if smallest < 0 or largest >= self.vocab_size:
+            bad = smallest if smallest < 0 else largest
+            raise ValueError(f"token id {bad} is outside the vocabulary [0, {self.vocab_size})")
         hidden = self.token_embedding(token_ids)
         if self.position_embedding is not None:
             hidden = hidden + self.position_embedding(torch.arange(length, device=token_ids.device))
@@ -179,6 +197,8 @@ def is_tied(first: torch.Tensor, second: torch.Tensor) -> bool:
             raise TypeError(f"{name} must be a tensor, got {type(tensor).__name__}")
     if first is second:
         return True
+    if first.is_meta or second.is_meta or first.numel() == 0 or second.numel() == 0:
+        return False   # no memory to share: separate meta or empty tensors are not tied
     return (first.device == second.device
             and first.untyped_storage().data_ptr() == second.untyped_storage().data_ptr()
             and first.storage_offset() == second.storage_offset()
@@ -287,6 +307,8 @@ class RNN(nn.Module):
             raise ValueError(f"cell must be one of {CELLS}, got {cell!r}")
         if cell != "vanilla" and nonlinearity != "tanh":
             raise ValueError(f"a {cell} cell has its own gates: nonlinearity must be 'tanh', got {nonlinearity!r}")
+        if output_size is not None:
+            check_positive_int("output_size", output_size)
         self.cell_type, self.hidden_size, self.nonlinearity = cell, hidden_size, nonlinearity
         if cell == "vanilla":
             self.input_weight = nn.Linear(input_size, hidden_size)

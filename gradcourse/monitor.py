@@ -13,13 +13,18 @@ Use it around the optimizer step of any loop::
     monitor.history["global_norm"]
 
 or without an optimizer, calling :meth:`GradientMonitor.record` after ``backward()`` (before clipping)
-and :meth:`GradientMonitor.record_update` after ``optimizer.step()``.
+and :meth:`GradientMonitor.record_update` after ``optimizer.step()`` (or :meth:`~GradientMonitor.skip_step`
+when the step is skipped). :meth:`~GradientMonitor.close` removes the hooks; a closed monitor keeps its
+history but records no more.
+
+Norms are computed in float64 whatever the gradients' dtype, so finite entries (up to float32's 3.4e38)
+never give an infinite norm: a step is non-finite exactly when an entry is ``inf`` or ``NaN``.
 """
 
 from __future__ import annotations
 
 import math
-import warnings
+
 import numpy as np
 import torch
 import torch.nn as nn
@@ -27,18 +32,13 @@ import torch.nn as nn
 from gradcourse._validate import check_positive_int
 
 ON_NONFINITE = ("raise", "report")
-
-# find_module hooks every module, including the first, whose inputs (token ids, data) need no gradient;
-# PyTorch warns that its hook then sees only output gradients, which is all that mode needs.
-warnings.filterwarnings("ignore", message="Full backward hook is firing when gradients are computed with "
-                        "respect to module outputs since no inputs require gradients")
+GROUP_BY = ("module", "parameter")
 
 
 class NonFiniteGradientError(FloatingPointError):
-    """A gradient's norm is not finite: an entry is ``inf`` or ``NaN``, or (in float32) the entries are so
-    large, beyond about 1.8e19, that the norm overflows; ``clip_grad_norm_`` would then zero the step. Names the step, the first such parameter and, in ``find_module``
-    mode, the module whose backward produced the first non-finite value (or, if the gradient reaching a
-    module's output was already non-finite, that module with a note saying so)."""
+    """A gradient has an ``inf`` or ``NaN`` entry. Names the step, the first such parameter and, in
+    ``find_module`` mode, the module whose backward produced the first non-finite value (or, if the
+    gradient reaching a module's output was already non-finite, that module with a note saying so)."""
 
     def __init__(self, step: int, parameter: str, module: str | None) -> None:
         self.step, self.parameter, self.module = step, parameter, module
@@ -52,8 +52,10 @@ class GradientMonitor:
     Args:
         model: the model whose trainable parameters are watched. A parameter shared by two modules (tied
             weights) is counted once; frozen parameters are skipped; a parameter without ``.grad`` in a
-            step counts as zero.
+            step counts as zero; a sparse gradient (``nn.Embedding(sparse=True)``) is coalesced first.
         optimizer: if given, :meth:`attach` hooks ``optimizer.step()`` so recording is automatic.
+            Without one, call :meth:`record` and :meth:`record_update` (or :meth:`skip_step`) yourself:
+            no :meth:`attach` is needed.
         every: record every ``every``-th step (norms, update ratios and the non-finite check).
         detail_every: add the histograms and the update ratios on every ``detail_every``-th step (they
             cost a few passes over the gradients and weights; the norms cost one).
@@ -65,9 +67,14 @@ class GradientMonitor:
             weights, reused every recorded step).
         on_nonfinite: ``"raise"`` a :class:`NonFiniteGradientError` before the optimizer step, or
             ``"report"`` it in :attr:`nonfinite_events` and go on.
-        find_module: also hook the backward of every leaf module (one without children) to name the
-            module that produced the first non-finite value (costs a check per module per step: for
-            debugging).
+        find_module: with :meth:`attach`, also hook the gradients at the inputs and outputs of every
+            leaf module (one without children) to name the module that produced the first non-finite
+            value (costs a check per module per step: for debugging). Tensor hooks, so in-place modules
+            such as ``ReLU(inplace=True)`` keep working.
+
+    Raises:
+        TypeError / ValueError: a bad argument, named in the message; a model with no trainable
+            parameter.
     """
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer | None = None, *, every: int = 1,
@@ -81,18 +88,23 @@ class GradientMonitor:
         check_positive_int("every", every)
         check_positive_int("detail_every", detail_every)
         check_positive_int("bins", bins)
-        if group_by not in ("module", "parameter"):
-            raise ValueError(f"group_by must be 'module' or 'parameter', got {group_by!r}")
+        if group_by not in GROUP_BY:
+            raise ValueError(f"group_by must be one of {GROUP_BY}, got {group_by!r}")
         if on_nonfinite not in ON_NONFINITE:
             raise ValueError(f"on_nonfinite must be one of {ON_NONFINITE}, got {on_nonfinite!r}")
         histogram_range = histogram_range or ((-10.0, 1.0) if log_magnitude else (-1e-2, 1e-2))
-        if not (len(histogram_range) == 2 and histogram_range[0] < histogram_range[1]):
-            raise ValueError(f"histogram_range must be (low, high) with low < high, got {histogram_range!r}")
+        if not (len(histogram_range) == 2 and all(isinstance(v, (int, float)) for v in histogram_range)
+                and math.isfinite(histogram_range[0]) and math.isfinite(histogram_range[1])
+                and histogram_range[0] < histogram_range[1]):
+            raise ValueError(f"histogram_range must be (low, high), finite numbers with low < high, "
+                             f"got {histogram_range!r}")
         self.model, self.optimizer = model, optimizer
         self.every, self.histograms, self.detail_every, self.bins = every, histograms, detail_every, bins
         self.histogram_range, self.log_magnitude = (float(histogram_range[0]), float(histogram_range[1])), log_magnitude
         self.update_ratios, self.on_nonfinite, self.find_module = update_ratios, on_nonfinite, find_module
         named = [(name, p) for name, p in model.named_parameters() if p.requires_grad]  # tied: listed once
+        if not named:
+            raise ValueError(f"model {type(model).__name__} has no trainable parameter to monitor")
         self.parameter_names = [name for name, _ in named]
         self._parameters = [p for _, p in named]
         owner = (lambda name: name.rpartition(".")[0] or name) if group_by == "module" else (lambda name: name)
@@ -101,6 +113,7 @@ class GradientMonitor:
         self.step = 0                      # steps seen (recorded or not)
         self.transfers = 0                 # device-to-host transfers made: one per recorded step
         self.nonfinite_events: list[dict] = []
+        self.skipped_steps: list[int] = []  # steps ended by skip_step() (a GradScaler's overflow, say)
         self._rows: list[np.ndarray] = []  # one host row per recorded step
         self._steps: list[int] = []
         self._histogram_rows: list[np.ndarray] = []
@@ -113,12 +126,17 @@ class GradientMonitor:
         self._pending_update_step: int | None = None
         self._update_rows: dict[int, np.ndarray] = {}
         self._first_bad_module: str | None = None
+        self._output_claim: tuple[int, str] | None = None   # find_module: (tensor id, module), see below
         self._handles: list = []
+        self._closed = False
 
     # --- attaching -----------------------------------------------------------------------------------
     def attach(self) -> GradientMonitor:
         """Add the hooks (optimizer step hooks if an optimizer was given; module backward hooks in
-        ``find_module`` mode). Returns ``self``."""
+        ``find_module`` mode). Returns ``self``. Not needed to call :meth:`record` yourself."""
+        if self._closed:
+            raise RuntimeError("this GradientMonitor was closed; build a new one to monitor again "
+                               "(a closed monitor keeps its history)")
         if self._handles:
             raise RuntimeError("GradientMonitor is already attached")
         if self.optimizer is not None:
@@ -127,12 +145,14 @@ class GradientMonitor:
         if self.find_module:
             for name, module in self.model.named_modules():
                 if not any(True for _ in module.children()):   # leaf modules: where the computations are
-                    self._handles.append(module.register_full_backward_hook(self._backward_hook(name or "(model)")))
+                    self._handles.append(module.register_forward_hook(self._forward_hook(name or "(model)")))
         return self
 
-    def detach(self) -> None:
-        """Remove every hook this monitor added and drop its references to the model and optimizer."""
+    def close(self) -> None:
+        """Remove every hook this monitor added and drop its references to the model and optimizer. The
+        history stays readable; :meth:`record` and :meth:`attach` refuse from now on."""
         self._flush_update()
+        self._closed = True
         for handle in self._handles:
             handle.remove()
         self._handles = []
@@ -143,48 +163,74 @@ class GradientMonitor:
         return self.attach()
 
     def __exit__(self, *exc_info: object) -> None:
-        self.detach()
+        self.close()
 
-    def _backward_hook(self, name: str):
-        # backward runs from the loss towards the inputs, so the first hook to see a non-finite value
-        # names where it appeared: in this module's own backward, or already in its output's gradient
-        def hook(module: nn.Module, grad_input: tuple, grad_output: tuple) -> None:
-            if self._first_bad_module is None:
-                if not self._all_finite(grad_output):
-                    self._first_bad_module = f"{name} (its output gradient was already non-finite)"
-                elif not self._all_finite(grad_input):
-                    self._first_bad_module = name
+    def _forward_hook(self, name: str):
+        # Tensor hooks on the module's outputs and inputs. Backward runs from the loss towards the inputs,
+        # so the first non-finite gradient seen names where it appeared. A tensor that is one module's
+        # output and the next one's input gets both hooks, output first: a non-finite gradient there was
+        # made by the consumer's backward, so an output hook only leaves a claim that the consumer's input
+        # hook on the same tensor overrides; the claim stands ("arrived non-finite") when the next hook
+        # to fire is on another tensor, or at record().
+        def on_gradient(key: int, where: str, is_input: bool):
+            def hook(grad: torch.Tensor) -> None:
+                if self._first_bad_module is not None:
+                    return
+                if self._output_claim is not None and self._output_claim[0] != key:
+                    self._first_bad_module = self._output_claim[1]
+                    return
+                if not bool(torch.isfinite(grad).all()):
+                    if is_input:
+                        self._first_bad_module = where
+                    else:
+                        self._output_claim = (key, where)
+            return hook
+
+        def hook(module: nn.Module, inputs: tuple, output) -> None:
+            if not torch.is_grad_enabled():
+                return
+            outputs = output if isinstance(output, (tuple, list)) else (output,)
+            for tensor in outputs:
+                if isinstance(tensor, torch.Tensor) and tensor.requires_grad:
+                    where = f"{name} (its output gradient was already non-finite)"
+                    tensor.register_hook(on_gradient(id(tensor), where, is_input=False))
+            for tensor in inputs:
+                if isinstance(tensor, torch.Tensor) and tensor.requires_grad:
+                    tensor.register_hook(on_gradient(id(tensor), name, is_input=True))
         return hook
-
-    @staticmethod
-    def _all_finite(tensors: tuple) -> bool:
-        return all(bool(torch.isfinite(t).all()) for t in tensors if t is not None)
 
     # --- recording -------------------------------------------------------------------------------------
     def _before_step(self) -> None:
         if self._recorded_step != self.step:   # not already recorded explicitly in this step
             self.record()
 
-    def record(self) -> None:
+    def record(self, *, overflow_expected: bool = False) -> bool:
         """Record the current gradients as this step's (call after ``backward()``, before clipping if the
-        pre-clipping norm is wanted). Raises :class:`NonFiniteGradientError` in ``"raise"`` mode."""
-        if self.model is None:
-            raise RuntimeError("GradientMonitor is detached")
-        if self._recorded_step == self.step:   # recorded before, and no record_update() ended that step
+        pre-clipping norm is wanted). Returns whether every gradient entry was finite (``True`` for a
+        step that ``every`` leaves out).
+
+        A non-finite gradient raises :class:`NonFiniteGradientError` (``on_nonfinite="raise"``) after
+        ending the step, so the next step is checked too; or is reported in :attr:`nonfinite_events`.
+        With ``overflow_expected=True`` (a ``GradScaler`` will skip the step) it does neither: end the
+        step with :meth:`skip_step`, which lists it in :attr:`skipped_steps`.
+        """
+        if self._closed:
+            raise RuntimeError("this GradientMonitor was closed; build a new one to record again")
+        if self._recorded_step == self.step:   # recorded before, and nothing ended that step
             self.step += 1
         self._recorded_step = self.step
         if self.step % self.every:
-            return
-        grads = [p.grad.detach() if p.grad is not None else torch.zeros((), device=p.device, dtype=p.dtype)
-                 for p in self._parameters]
-        pieces = [torch.stack([n.float() for n in torch._foreach_norm(grads)]) ** 2]        # (P,) squared norms
+            self._first_bad_module, self._output_claim = None, None
+            return True
+        grads = [self._dense_values(p.grad, p) for p in self._parameters]
+        pieces = [torch.stack(torch._foreach_norm(grads, 2, dtype=torch.float64)) ** 2]   # (P,) squared norms
         detailed = self.step % self.detail_every == 0
         with_histograms = self.histograms and detailed
         if with_histograms:
             pieces.append(self._histograms(grads).reshape(-1))
         if self._pending_update is not None:
             pieces.append(self._pending_update)
-        host = torch.cat([piece.float().reshape(-1) for piece in pieces]).cpu().numpy()      # the one transfer
+        host = torch.cat([piece.double().reshape(-1) for piece in pieces]).cpu().numpy()     # the one transfer
         self.transfers += 1
         parameter_count, layer_count = len(self._parameters), len(self.layer_names)
         squares = host[:parameter_count]
@@ -202,20 +248,35 @@ class GradientMonitor:
             if self._weights_before is None:
                 self._weights_before = [torch.empty_like(weight) for weight in weights]
             torch._foreach_copy_(self._weights_before, weights)
-            self._squares_before = torch.stack(torch._foreach_norm(weights)).float() ** 2
+            self._squares_before = torch.stack(torch._foreach_norm(weights, 2, dtype=torch.float64)) ** 2
             self._awaiting_update = True
-        self._check_finite(squares)
+        return self._check_finite(squares, overflow_expected)
+
+    @staticmethod
+    def _dense_values(grad: torch.Tensor | None, parameter: torch.Tensor) -> torch.Tensor:
+        """The entries whose norm is the gradient's norm: a sparse gradient's coalesced values."""
+        if grad is None:
+            return torch.zeros((), device=parameter.device, dtype=parameter.dtype)
+        return grad.detach().coalesce().values() if grad.is_sparse else grad.detach()
 
     def _histograms(self, grads: list[torch.Tensor]) -> torch.Tensor:
-        """``(layers, bins)`` counts: one flattened copy of each layer's gradients, binned by ``bincount``."""
+        """``(layers, bins)`` counts: one flattened copy of each layer's gradients, binned by ``bincount``.
+        The rows a sparse gradient does not store are zeros, counted in the bin of 0."""
         low, high = self.histogram_range
         counts = []
         for layer in range(len(self.layer_names)):
-            values = torch.cat([grads[i].reshape(-1).float() for i in np.flatnonzero(self._layer_of == layer)])
+            members = np.flatnonzero(self._layer_of == layer)
+            values = torch.cat([grads[i].reshape(-1).float() for i in members])
             if self.log_magnitude:
                 values = values.abs_().log10_()
             bins = values.nan_to_num_(low, high, low).sub_(low).mul_(self.bins / (high - low))
-            counts.append(torch.bincount(bins.clamp_(0, self.bins - 1).long(), minlength=self.bins))
+            layer_counts = torch.bincount(bins.clamp_(0, self.bins - 1).long(), minlength=self.bins)
+            implicit_zeros = sum(self._parameters[i].numel() - grads[i].numel() for i in members
+                                 if self._parameters[i].grad is not None)
+            if implicit_zeros:
+                zero_bin = 0 if self.log_magnitude else int(np.clip(-low * self.bins / (high - low), 0, self.bins - 1))
+                layer_counts[zero_bin] += implicit_zeros
+            counts.append(layer_counts)
         return torch.stack(counts)
 
     def _per_layer(self, per_parameter: np.ndarray) -> np.ndarray:
@@ -227,17 +288,24 @@ class GradientMonitor:
         update, before = np.split(squares, 2)
         return np.sqrt(self._per_layer(update) / np.maximum(self._per_layer(before), 1e-30))
 
-    def _check_finite(self, squares: np.ndarray) -> None:
+    def _check_finite(self, squares: np.ndarray, overflow_expected: bool) -> bool:
+        # float64 squares of finite float32/bfloat16/float16 entries cannot overflow: a non-finite square
+        # means a non-finite entry
         bad = np.flatnonzero(~np.isfinite(squares))
-        module, self._first_bad_module = self._first_bad_module, None
-        if bad.size:
-            parameter = self.parameter_names[bad[0]]
-            if self.find_module and module is None:   # no input gradient went bad: the weight gradient did
-                module = f"{parameter.rpartition('.')[0] or parameter} (in its parameter gradient)"
-            event = {"step": self.step, "parameter": parameter, "module": module}
-            self.nonfinite_events.append(event)
-            if self.on_nonfinite == "raise":
-                raise NonFiniteGradientError(**event)
+        module = self._first_bad_module or (self._output_claim[1] if self._output_claim else None)
+        self._first_bad_module, self._output_claim = None, None
+        if not bad.size or overflow_expected:
+            return not bad.size
+        parameter = self.parameter_names[bad[0]]
+        if self.find_module and module is None:   # no input gradient went bad: the weight gradient did
+            module = f"{parameter.rpartition('.')[0] or parameter} (in its parameter gradient)"
+        event = {"step": self.step, "parameter": parameter, "module": module}
+        self.nonfinite_events.append(event)
+        if self.on_nonfinite == "raise":
+            self._awaiting_update = False
+            self.step += 1   # the step ends here: the next record() checks the next step
+            raise NonFiniteGradientError(**event)
+        return False
 
     def record_update(self) -> None:
         """After ``optimizer.step()``: the update-to-weight ratio per layer (kept on the device until the
@@ -245,9 +313,18 @@ class GradientMonitor:
         if self._awaiting_update and self._recorded_step == self.step:
             after = [p.detach() for p in self._parameters]
             torch._foreach_sub_(self._weights_before, after)                 # the buffers now hold -update
-            update = torch.stack(torch._foreach_norm(self._weights_before)).float() ** 2
+            update = torch.stack(torch._foreach_norm(self._weights_before, 2, dtype=torch.float64)) ** 2
             self._pending_update = torch.cat([update, self._squares_before])   # to the host with the next transfer
             self._pending_update_step = self.step
+        self._awaiting_update = False
+        self.step += 1
+
+    def skip_step(self) -> None:
+        """End the current step without an optimizer update (a non-finite step skipped by hand or by a
+        ``GradScaler``): no update ratio is taken, and the step is listed in :attr:`skipped_steps`."""
+        if self._closed:
+            raise RuntimeError("this GradientMonitor was closed; build a new one to record again")
+        self.skipped_steps.append(self.step)
         self._awaiting_update = False
         self.step += 1
 
@@ -261,13 +338,13 @@ class GradientMonitor:
     def history(self) -> dict[str, np.ndarray | list[str]]:
         """Plain arrays: ``steps (S,)``, ``global_norm (S,)``, ``layer_norms (S, L)``, ``update_ratios (S,
         L)`` (NaN where not measured), ``layer_names``, ``log_magnitude``, and if recorded
-        ``histogram_steps (H,)``, ``histograms (H, L, bins)`` and ``bin_edges (bins + 1,)``. Update ratios
-        and histograms exist on every ``detail_every``-th step."""
+        ``histogram_steps (H,)``, ``histograms (H, L, bins)`` and ``bin_edges (bins + 1,)``, and
+        ``skipped_steps``. Update ratios and histograms exist on every ``detail_every``-th step."""
         self._flush_update()
         layers = len(self.layer_names)
         squares = np.array(self._rows).reshape(len(self._rows), layers)
         result: dict = {"steps": np.array(self._steps), "layer_names": list(self.layer_names),
-                        "log_magnitude": self.log_magnitude,
+                        "log_magnitude": self.log_magnitude, "skipped_steps": list(self.skipped_steps),
                         "layer_norms": np.sqrt(squares), "global_norm": np.sqrt(squares.sum(1))}
         if self.histograms:
             result["histogram_steps"] = np.array(self._histogram_steps)

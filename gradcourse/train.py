@@ -6,6 +6,7 @@ for accumulation, mixed precision and clipping.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable
 from itertools import islice
 from typing import Any
@@ -31,17 +32,25 @@ def train(model: nn.Module, batches: Iterable[Any], loss_fn: Callable[[nn.Module
     ``scaler.unscale_`` (if a GradScaler is given), ``monitor.record()`` (the norms before clipping),
     ``clip_grad_norm_(clip_norm)``, the optimizer step (through the scaler if given) and
     ``monitor.record_update()``. ``autocast_dtype`` runs the forward passes under ``torch.autocast`` on
-    the model's device type. Losses stay on the device until the end (one transfer), except for the
-    progress bar's occasional update.
+    the model's device type.
+
+    Without a scaler, a step whose loss is not finite stops training with a ``FloatingPointError``
+    before the optimizer step (the weights stay as they were); that check reads the loss on the host
+    once per step. With a scaler, an overflow is routine: the scaler skips the step, and the monitor
+    lists it in ``skipped_steps`` instead of raising.
 
     Raises:
-        ValueError: a bad count or clip norm, a monitor that hooks the optimizer itself, or fewer batches
-            than ``steps * accumulation_steps``.
+        ValueError: a bad count or clip norm, a monitor built for another model or one that hooks the
+            optimizer itself, or fewer batches than ``steps * accumulation_steps``.
+        FloatingPointError: a non-finite loss without a scaler (see above).
     """
     check_positive_int("steps", steps)
     check_positive_int("accumulation_steps", accumulation_steps)
     if clip_norm is not None and not clip_norm > 0:
         raise ValueError(f"clip_norm must be > 0 or None, got {clip_norm!r}")
+    if monitor is not None and monitor.model is not model:
+        raise ValueError("monitor watches another model: build it with GradientMonitor(model) for the model "
+                         "given to train()")
     if monitor is not None and monitor.optimizer is not None:
         raise ValueError("give train() a GradientMonitor built without an optimizer: train() calls record() "
                          "before clipping and record_update() after the step itself")
@@ -63,17 +72,19 @@ def train(model: nn.Module, batches: Iterable[Any], loss_fn: Callable[[nn.Module
             step_loss += loss.detach().float()
         if scaler is not None:
             scaler.unscale_(optimizer)
-        if monitor is not None:
-            monitor.record()
+        elif not math.isfinite(step_loss.item()):
+            raise FloatingPointError(f"the loss is not finite at step {step} ({step_loss.item()}); "
+                                     "stopped before the optimizer step, so the weights are those of the step before")
+        finite = monitor.record(overflow_expected=scaler is not None) if monitor is not None else True
         if clip_norm is not None:
             nn.utils.clip_grad_norm_(model.parameters(), clip_norm)
         if scaler is not None:
-            scaler.step(optimizer)
+            scaler.step(optimizer)   # skips the step itself if a gradient is not finite
             scaler.update()
         else:
             optimizer.step()
         if monitor is not None:
-            monitor.record_update()
+            monitor.record_update() if finite else monitor.skip_step()
         losses.append(step_loss)
         if step % 10 == 0 or step == steps - 1:
             bar.set_postfix(loss=f"{step_loss.item():.4f}")
@@ -93,16 +104,19 @@ def accumulate_gradients(model: nn.Module, micro_batches: list[Any],
     equal. Existing gradients are cleared first. Returns the total number of examples.
 
     Raises:
-        ValueError: an unknown ``normalize``, or no micro-batch.
+        ValueError: an unknown ``normalize``, no micro-batch, or a micro-batch with no example.
     """
     if normalize not in ("examples", "micro_batches"):
         raise ValueError(f"normalize must be 'examples' or 'micro_batches', got {normalize!r}")
+    micro_batches = list(micro_batches)
     if not micro_batches:
-        raise ValueError("micro_batches is empty")
+        raise ValueError("micro_batches is empty: nothing to accumulate")
     model.zero_grad(set_to_none=True)
     total = 0
-    for batch in micro_batches:
+    for index, batch in enumerate(micro_batches):
         losses = per_example_loss(model, batch)
+        if losses.numel() == 0:
+            raise ValueError(f"micro-batch {index} has no example (per_example_loss returned an empty tensor)")
         total += losses.numel()
         (losses.sum() if normalize == "examples" else losses.mean() / len(micro_batches)).backward()
     if normalize == "examples":

@@ -1,4 +1,4 @@
-"""The conventions every chapter notebook follows (COURSE.md). nbval runs the chapters themselves."""
+"""The conventions every chapter notebook follows (see README, "Writing a chapter"). nbval runs the chapters."""
 
 import sys
 from pathlib import Path

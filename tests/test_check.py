@@ -86,3 +86,16 @@ def test_finite_difference_grad_refuses_a_non_callable():
 def test_finite_difference_grad_refuses_a_function_with_a_vector_output():
     with pytest.raises(ValueError, match="scalar"):
         finite_difference_grad(lambda v: v * 2, torch.zeros(2, dtype=torch.float64))
+
+
+def test_finite_difference_grad_takes_a_transposed_input():
+    x = torch.arange(6, dtype=torch.float64).reshape(2, 3).T   # not contiguous
+    grad = finite_difference_grad(lambda value: (value**2).sum(), x)
+    assert grad.shape == x.shape
+    assert_close("d sum(x^2)/dx = 2x", grad, 2 * x, atol=1e-8)
+
+
+def test_complex_values_are_compared_with_their_imaginary_part():
+    assert not compare("complex", torch.tensor(1 + 1j), torch.tensor(1 + 2j))
+    assert not compare("python complex", 1 + 1j, 1 + 2j)
+    assert compare("same", np.array([1 + 2j]), torch.tensor([1 + 2j]))

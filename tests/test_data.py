@@ -6,7 +6,8 @@ import sys
 import pytest
 import torch
 
-from gradcourse.data import (END_OF_WORD, CharTokenizer, WordTokenizer, encode, stdlib_corpus, train_bpe,
+from gradcourse.data import (END_OF_WORD, CharTokenizer, WordTokenizer, encode, random_windows, stdlib_corpus,
+                             train_bpe,
                              words, zipf_token_ids)
 
 
@@ -156,3 +157,18 @@ def test_random_windows_refuse_a_sequence_too_short():
 
     with pytest.raises(ValueError, match="too few for windows of length 10"):
         next(random_windows(torch.arange(5), 2, 10))
+
+
+def test_random_windows_can_draw_the_last_window():
+    token_ids = torch.arange(6)   # windows of length 4 take 5 tokens: starts 0 and 1
+    batches = random_windows(token_ids, batch_size=64, length=4, seed=0)
+    inputs, targets = next(batches)
+    assert set(inputs[:, 0].tolist()) == {0, 1}
+    assert torch.equal(targets, inputs + 1)
+
+
+@pytest.mark.parametrize("tokenizer", [CharTokenizer("abc"), WordTokenizer("a b c")])
+@pytest.mark.parametrize("bad_id", [-1, 99])
+def test_decode_names_an_id_outside_the_vocabulary(tokenizer, bad_id):
+    with pytest.raises(ValueError, match=f"token id {bad_id} is outside the vocabulary"):
+        tokenizer.decode(torch.tensor([0, bad_id]))

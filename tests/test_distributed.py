@@ -1,7 +1,11 @@
 import multiprocessing
+import os
 import time
 
 import pytest
+import torch
+
+import distributed_workers
 
 from gradcourse.distributed import WorkerError, data_parallel_checks, failing_worker, launch
 
@@ -35,3 +39,45 @@ def test_launch_refuses_bad_arguments():
         launch(failing_worker, 2, backend="mpi")
     with pytest.raises(ValueError, match="world_size must be >= 1, got 0"):
         launch(failing_worker, 0)
+
+
+def test_a_32_mib_tensor_result_comes_back_every_time():
+    for _ in range(3):
+        results = launch(distributed_workers.big_tensor, 2, backend="gloo", timeout=60)
+        assert [float(result[-1]) for result in results] == [0.0, 1.0]
+        assert all(result.numel() == 8 * 1024 * 1024 for result in results)
+
+
+def test_an_unpicklable_result_is_reported_at_once():
+    start = time.monotonic()
+    with pytest.raises(WorkerError, match="cannot be pickled"):
+        launch(distributed_workers.unpicklable, 2, backend="gloo", timeout=60)
+    assert time.monotonic() - start < 30
+
+
+@pytest.mark.parametrize(("how", "expected"), [("exit", "rank 1 exited with code 3"),
+                                               ("segfault", "rank 1 was killed by signal SIGSEGV")])
+def test_a_rank_that_dies_is_named_with_its_exit_code(how, expected):
+    with pytest.raises(WorkerError, match=expected):
+        launch(distributed_workers.dies, 2, how, backend="gloo", timeout=60)
+    assert multiprocessing.active_children() == []
+
+
+def _running(pid: int) -> bool:
+    """True while the process exists and is not a zombie (a dead child nobody has reaped yet)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rpartition(")")[2].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="reads /proc")
+def test_processes_started_by_a_worker_do_not_outlive_it():
+    pids = launch(distributed_workers.starts_a_process, 2, backend="gloo", timeout=60)
+    time.sleep(0.5)
+    assert not any(_running(pid) for pid in pids)
+
+
+def test_a_worker_can_use_dataloader_workers():
+    assert launch(distributed_workers.uses_a_dataloader, 2, backend="gloo", timeout=60) == [28.0, 28.0]

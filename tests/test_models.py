@@ -206,3 +206,43 @@ def test_checkpointed_forward_gives_the_same_gradients():
 def test_checkpoint_every_refuses_a_negative_value():
     with pytest.raises(ValueError, match="checkpoint_every must be an int >= 0, got -1"):
         small()(torch.zeros(1, 4, dtype=torch.long), checkpoint_every=-1)
+
+
+def small_gpt(tie_weights: bool = True) -> TinyGPT:
+    torch.manual_seed(0)
+    return TinyGPT(10, d_model=8, n_layers=1, n_heads=2, max_len=4, tie_weights=tie_weights)
+
+
+@pytest.mark.parametrize("bad_id", [10, 57, -1])
+def test_tinygpt_names_a_token_id_outside_the_vocabulary(bad_id):
+    with pytest.raises(ValueError, match=f"token id {bad_id} is outside the vocabulary"):
+        small_gpt()(torch.tensor([[1, bad_id]]))
+
+
+@pytest.mark.parametrize("shape", [(1, 0), (0, 3)])
+def test_tinygpt_refuses_an_empty_batch_or_sequence(shape):
+    with pytest.raises(ValueError, match="both must be at least 1"):
+        small_gpt()(torch.zeros(shape, dtype=torch.long))
+
+
+def test_tie_weights_must_be_a_bool():
+    with pytest.raises(TypeError, match="tie_weights must be True or False, got 'no'"):
+        TinyGPT(10, d_model=8, n_layers=1, n_heads=2, max_len=4, tie_weights="no")
+
+
+def test_separate_meta_or_empty_tensors_are_not_tied():
+    assert not is_tied(torch.empty(3, device="meta"), torch.empty(3, device="meta"))
+    assert not is_tied(torch.nn.Parameter(torch.empty(0)), torch.nn.Parameter(torch.empty(0)))
+
+
+def test_an_untied_checkpoint_is_refused_by_a_tied_model():
+    untied = small_gpt(tie_weights=False)
+    with pytest.raises(ValueError, match="untied checkpoint"):
+        small_gpt(tie_weights=True).load_state_dict(untied.state_dict())
+    tied = small_gpt(tie_weights=True)
+    small_gpt(tie_weights=True).load_state_dict(tied.state_dict())   # a tied checkpoint loads
+
+
+def test_rnn_refuses_a_bad_output_size():
+    with pytest.raises(ValueError, match="output_size must be >= 1, got -2"):
+        RNN(2, 4, output_size=-2)

@@ -187,14 +187,14 @@ def test_find_module_names_the_module_whose_backward_produced_the_nonfinite_valu
     assert monitor.nonfinite_events[0]["module"] == "1"
 
 
-def test_detach_removes_every_hook_and_lets_the_model_be_collected():
+def test_close_removes_every_hook_and_lets_the_model_be_collected():
     model = tiny()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     monitor = GradientMonitor(model, optimizer, find_module=True).attach()
-    assert any(module._backward_hooks for module in model.modules())
+    assert any(module._forward_hooks for module in model.modules())
     train_steps(model, optimizer, 2)
-    monitor.detach()
-    assert not any(module._backward_hooks for module in model.modules())
+    monitor.close()
+    assert not any(module._forward_hooks for module in model.modules())
     assert not optimizer._optimizer_step_pre_hooks and not optimizer._optimizer_step_post_hooks
     assert monitor.history["global_norm"].shape == (2,)   # the history stays
     model_reference = weakref.ref(model)
@@ -255,12 +255,114 @@ def test_find_module_says_when_the_output_gradient_arrived_non_finite():
     assert monitor.nonfinite_events[0]["module"] == "1 (its output gradient was already non-finite)"
 
 
-def test_a_gradient_whose_float32_norm_overflows_is_reported():
-    # entries of 1e20 are finite, but their squares are not: the norm (and clip_grad_norm_'s) is inf
+@pytest.mark.parametrize(("dtype", "entry"), [(torch.float32, 3e38), (torch.float32, 1e20),
+                                              (torch.bfloat16, 3e20), (torch.float16, 6e4)])
+def test_finite_gradients_whose_norm_overflows_their_dtype_are_finite(dtype, entry):
+    # the squares of these entries overflow the dtype (clip_grad_norm_'s float32 norm is inf for 3e38 and
+    # 1e20); the monitor's float64 norm does not, and the step is not called non-finite
+    model = nn.Linear(4, 4).to(dtype)
+    monitor = GradientMonitor(model, on_nonfinite="raise")
+    model.weight.grad = torch.full_like(model.weight, entry)
+    model.bias.grad = torch.zeros_like(model.bias)
+    assert monitor.record() is True
+    expected = float(torch.tensor(entry, dtype=dtype).double()) * 4   # sqrt(16 entries^2)
+    assert monitor.history["global_norm"][0] == pytest.approx(expected, rel=1e-12)
+
+
+def test_two_nonfinite_steps_in_a_row_are_both_stopped():
     model = tiny()
-    monitor = GradientMonitor(model, on_nonfinite="report").attach()
-    backward(model)
-    model.final_norm.weight.grad.fill_(1e20)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    with GradientMonitor(model, optimizer) as monitor:
+        for step in range(2):
+            optimizer.zero_grad()
+            backward(model, step)
+            model.final_norm.weight.grad[0] = float("nan")
+            with pytest.raises(NonFiniteGradientError, match=f"step {step} "):
+                optimizer.step()
+        assert monitor.step == 2 and [event["step"] for event in monitor.nonfinite_events] == [0, 1]
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_a_sparse_embedding_gradient_is_monitored_like_its_dense_form():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Embedding(20, 4, sparse=True), nn.Linear(4, 1))
+    monitor = GradientMonitor(model, detail_every=1)
+    token_ids = torch.tensor([[1, 3, 3, 7]])
+    model(token_ids).sum().backward()
     monitor.record()
-    assert monitor.nonfinite_events[0]["parameter"] == "final_norm.weight"
-    assert not torch.isfinite(nn.utils.clip_grad_norm_(model.parameters(), 1.0))
+    dense_norm = model[0].weight.grad.to_dense().norm().item()
+    assert monitor.history["layer_norms"][0, monitor.layer_names.index("0")] == pytest.approx(dense_norm, rel=1e-6)
+    counts = monitor.history["histograms"][0, monitor.layer_names.index("0")]
+    assert counts.sum() == 20 * 4 and counts[0] >= (20 - 3) * 4   # rows not stored are zeros: first bin
+
+
+def test_a_model_without_trainable_parameters_is_refused():
+    frozen = nn.Linear(2, 2).requires_grad_(False)
+    with pytest.raises(ValueError, match="no trainable parameter"):
+        GradientMonitor(frozen)
+    with pytest.raises(ValueError, match="no trainable parameter"):
+        GradientMonitor(nn.ReLU())
+
+
+def test_record_needs_no_attach():
+    model = tiny()
+    monitor = GradientMonitor(model)
+    backward(model)
+    monitor.record()
+    assert monitor.history["steps"].tolist() == [0]
+
+
+def test_a_closed_monitor_refuses_to_attach_or_record_and_keeps_its_history():
+    model = tiny()
+    monitor = GradientMonitor(model, find_module=True).attach()
+    backward(model)
+    monitor.record()
+    monitor.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        monitor.attach()
+    with pytest.raises(RuntimeError, match="closed"):
+        monitor.record()
+    assert monitor.history["steps"].tolist() == [0]
+
+
+def test_skip_step_ends_the_step_and_lists_it():
+    model = tiny()
+    monitor = GradientMonitor(model, on_nonfinite="report")
+    for step in range(3):
+        model.zero_grad()
+        backward(model, step)
+        if step == 1:
+            model.final_norm.weight.grad[0] = float("inf")
+        if monitor.record():
+            monitor.record_update()
+        else:
+            monitor.skip_step()
+    assert monitor.skipped_steps == [1] and monitor.history["skipped_steps"] == [1]
+    assert monitor.history["steps"].tolist() == [0, 1, 2]
+
+
+@pytest.mark.parametrize("bad_range", [(float("-inf"), 1.0), (0.0, float("nan")), ("a", "b"), (1.0,)])
+def test_a_histogram_range_that_is_not_two_finite_numbers_is_refused(bad_range):
+    with pytest.raises(ValueError, match="histogram_range"):
+        GradientMonitor(tiny(), histogram_range=bad_range)
+
+
+def test_find_module_works_with_in_place_modules():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 3), nn.ReLU(inplace=True), nn.Linear(3, 3), Sqrt(), nn.Linear(3, 1))
+    nn.init.zeros_(model[2].weight)
+    nn.init.zeros_(model[2].bias)                      # sqrt sees exact zeros
+    monitor = GradientMonitor(model, find_module=True, on_nonfinite="report").attach()
+    model(torch.randn(4, 3)).sum().backward()          # no in-place error from the hooks
+    monitor.record()
+    assert monitor.nonfinite_events[0]["module"] == "3"
+
+
+def test_importing_the_monitor_leaves_the_warning_filters_alone():
+    import subprocess
+    import sys
+
+    script = ("import warnings, numpy, torch, torch.nn, gradcourse._validate; before = list(warnings.filters); "
+              "import gradcourse.monitor; print(before == list(warnings.filters))")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "True"

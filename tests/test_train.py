@@ -130,3 +130,46 @@ def test_accumulate_gradients_refuses_an_unknown_normalisation():
 
     with pytest.raises(ValueError, match="normalize must be 'examples' or 'micro_batches', got 'tokens'"):
         accumulate_gradients(fresh_model(), _unequal_split()[0], per_example_mse, normalize="tokens")
+
+
+def test_a_scaler_overflow_is_a_skipped_step_for_the_monitor_not_an_error():
+    model = fresh_model()
+    monitor = GradientMonitor(model)
+    data = regression(batches=4)
+    poisoned = (data[1][0], data[1][1] * float("inf"))       # the loss of step 1 overflows
+    losses = train(model, [data[0], poisoned, data[2], data[3]], mse, torch.optim.SGD(model.parameters(), lr=0.05),
+                   steps=4, scaler=torch.amp.GradScaler("cpu"), monitor=monitor)
+    assert monitor.skipped_steps == [1] and monitor.nonfinite_events == []
+    assert len(losses) == 4 and all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_a_nan_loss_without_a_scaler_stops_training_before_the_step():
+    model = fresh_model()
+    data = regression(batches=3)
+    data[1] = (data[1][0], data[1][1] * float("nan"))
+    with pytest.raises(FloatingPointError, match="loss is not finite at step 1"):
+        train(model, data, mse, torch.optim.SGD(model.parameters(), lr=0.05), steps=3)
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_train_refuses_a_monitor_of_another_model():
+    model = fresh_model()
+    with pytest.raises(ValueError, match="monitor watches another model"):
+        train(model, regression(), mse, torch.optim.SGD(model.parameters(), lr=0.1), steps=1,
+              monitor=GradientMonitor(fresh_model()))
+
+
+def test_accumulate_gradients_refuses_a_micro_batch_without_examples():
+    from gradcourse.train import accumulate_gradients
+
+    (inputs, targets), = regression(batches=1, batch_size=4)
+    with pytest.raises(ValueError, match="micro-batch 1 has no example"):
+        accumulate_gradients(fresh_model(), [(inputs, targets), (inputs[:0], targets[:0])], per_example_mse)
+
+
+@pytest.mark.parametrize("nothing", [[], iter([]), (batch for batch in [])])
+def test_accumulate_gradients_refuses_no_micro_batches(nothing):
+    from gradcourse.train import accumulate_gradients
+
+    with pytest.raises(ValueError, match="micro_batches is empty"):
+        accumulate_gradients(fresh_model(), nothing, per_example_mse)

@@ -41,7 +41,7 @@ def run(vocab: int = 2000, d_model: int = 128, layers: int = 2, heads: int = 4, 
     torch.manual_seed(seed)
     model = TinyGPT(vocab, d_model, layers, heads, max_len=length).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    monitor = GradientMonitor(model, histograms=histograms).attach()   # called explicitly below
+    monitor = GradientMonitor(model, histograms=histograms)   # record() is called explicitly below
 
     def step(watch: str) -> None:
         optimizer.zero_grad(set_to_none=True)
@@ -57,7 +57,7 @@ def run(vocab: int = 2000, d_model: int = 128, layers: int = 2, heads: int = 4, 
     kinds = dict(zip(VARIANTS, ("none", "naive", "monitor")))
     seconds = time_interleaved({name: lambda kind=kind: step(kind) for name, kind in kinds.items()}, device,
                                rounds=rounds)
-    monitor.detach()
+    monitor.close()
     return [Row(name, seconds[name], seconds[name] / seconds["no monitor"] - 1) for name in VARIANTS]
 
 

@@ -1,0 +1,37 @@
+"""Workers for tests/test_distributed.py: importable by name, as spawned processes need."""
+
+import os
+import signal
+import subprocess
+import sys
+
+import torch
+import torch.distributed as dist
+
+
+def big_tensor(rank: int, world_size: int) -> torch.Tensor:
+    """A 32 MiB float32 tensor, filled with the rank."""
+    return torch.full((8 * 1024 * 1024,), float(rank))
+
+
+def unpicklable(rank: int, world_size: int):
+    return lambda: rank
+
+
+def dies(rank: int, world_size: int, how: str) -> None:
+    """Rank 1 ends abruptly; rank 0 waits in a collective that can never complete."""
+    if rank == 1:
+        if how == "exit":
+            os._exit(3)
+        os.kill(os.getpid(), signal.SIGSEGV)
+    dist.barrier()
+
+
+def starts_a_process(rank: int, world_size: int) -> int:
+    """Starts a long sleep and returns its pid without waiting for it."""
+    return subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"]).pid
+
+
+def uses_a_dataloader(rank: int, world_size: int) -> float:
+    loader = torch.utils.data.DataLoader(torch.arange(8.0), batch_size=4, num_workers=1)
+    return float(sum(batch.sum() for batch in loader))
