@@ -2,10 +2,48 @@
 
 from __future__ import annotations
 
+import math
+from collections.abc import Collection
 
-def check_positive_int(name: str, value: object) -> None:
-    """Raise ``TypeError`` unless ``value`` is an ``int`` (``bool`` refused), ``ValueError`` unless it is >= 1."""
+import torch
+
+INTEGER_DTYPES = (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8)
+
+
+def check_int(name: str, value: object, minimum: int = 1) -> None:
+    """Raise ``TypeError`` unless ``value`` is an ``int`` (``bool`` refused), ``ValueError`` unless it is
+    ``>= minimum``."""
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"{name} must be an int, got {value!r}")
-    if value < 1:
-        raise ValueError(f"{name} must be >= 1, got {value}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+
+
+def check_positive_int(name: str, value: object) -> None:
+    """:func:`check_int` with ``minimum=1``."""
+    check_int(name, value, minimum=1)
+
+
+def check_number(name: str, value: object, minimum: float | None = None, *, strict: bool = False) -> None:
+    """Raise ``TypeError`` unless ``value`` is an int or a float (``bool`` refused), ``ValueError`` unless
+    it is finite and ``>= minimum`` (``> minimum`` with ``strict``)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number, got {value!r}")
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be finite, got {value!r}")
+    if minimum is not None and (value <= minimum if strict else value < minimum):
+        raise ValueError(f"{name} must be {'>' if strict else '>='} {minimum:g}, got {value!r}")
+
+
+def check_choice(name: str, value: object, choices: Collection) -> None:
+    """Raise ``ValueError`` unless ``value`` is one of ``choices`` (named in the message)."""
+    if value not in tuple(choices):
+        raise ValueError(f"{name} must be one of {tuple(choices)}, got {value!r}")
+
+
+def check_int_tensor(name: str, value: object, dtypes: tuple[torch.dtype, ...] = INTEGER_DTYPES) -> None:
+    """Raise ``TypeError`` unless ``value`` is a tensor of one of the integer ``dtypes``."""
+    if not isinstance(value, torch.Tensor):
+        raise TypeError(f"{name} must be an integer tensor, got {type(value).__name__}")
+    if value.dtype not in dtypes:
+        raise TypeError(f"{name} must hold integers ({', '.join(str(d) for d in dtypes)}), got dtype {value.dtype}")

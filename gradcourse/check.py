@@ -5,12 +5,13 @@ Taught in: Chapter 1 (finite differences vs autograd); used by the checks of eve
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from typing import Union
 
 import numpy as np
 import torch
+
+from gradcourse._validate import check_number
 
 ArrayLike = Union[torch.Tensor, np.ndarray, float, int]
 
@@ -31,13 +32,6 @@ def _as_float64(name: str, role: str, value: ArrayLike) -> torch.Tensor:
         f"{name}: {role} must be a tensor, a numeric NumPy array or a number, "
         f"got {type(value).__name__}"
     )
-
-
-def _check_tolerance(label: str, value: float) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{label} must be a number, got {value!r}")
-    if not math.isfinite(value) or value < 0:
-        raise ValueError(f"{label} must be finite and >= 0, got {value!r}")
 
 
 def compare(
@@ -65,8 +59,8 @@ def compare(
     """
     if not isinstance(name, str):
         raise TypeError(f"name must be a str, got {type(name).__name__}")
-    _check_tolerance("atol", atol)
-    _check_tolerance("rtol", rtol)
+    check_number("atol", atol, minimum=0)
+    check_number("rtol", rtol, minimum=0)
     ours_t = _as_float64(name, "ours", ours)
     reference_t = _as_float64(name, "reference", reference)
     if ours_t.is_complex() != reference_t.is_complex():   # compare a real value as a complex one
@@ -128,10 +122,7 @@ def finite_difference_grad(
     if not isinstance(x, torch.Tensor) or not x.is_floating_point():
         raise TypeError(f"x must be a floating-point tensor, got {type(x).__name__}"
                         + (f" of dtype {x.dtype}" if isinstance(x, torch.Tensor) else ""))
-    if isinstance(eps, bool) or not isinstance(eps, (int, float)):
-        raise TypeError(f"eps must be a number, got {eps!r}")
-    if not math.isfinite(eps) or eps <= 0:
-        raise ValueError(f"eps must be finite and > 0, got {eps!r}")
+    check_number("eps", eps, minimum=0, strict=True)
 
     def scalar(value: torch.Tensor | float) -> float:
         if isinstance(value, torch.Tensor):

@@ -15,7 +15,7 @@ import re
 
 import torch
 
-from gradcourse._validate import check_positive_int
+from gradcourse._validate import check_number, check_positive_int
 
 #: The corpus file shipped inside the package, as (folder, name); built by ``tools/build_corpus.py``.
 CORPUS_FILE = ("corpus", "stdlib_docstrings.txt.gz")
@@ -36,10 +36,7 @@ def zipf_token_ids(num_tokens: int, vocab_size: int, exponent: float = 1.0, *, s
     """
     check_positive_int("num_tokens", num_tokens)
     check_positive_int("vocab_size", vocab_size)
-    if isinstance(exponent, bool) or not isinstance(exponent, (int, float)):
-        raise TypeError(f"exponent must be a number, got {exponent!r}")
-    if not (exponent >= 0 and exponent != float("inf")):
-        raise ValueError(f"exponent must be finite and >= 0, got {exponent}")
+    check_number("exponent", exponent, minimum=0)
     ranks = torch.arange(1, vocab_size + 1, dtype=torch.float64)
     probabilities = ranks.pow(-float(exponent))
     generator = torch.Generator().manual_seed(seed)

@@ -29,7 +29,7 @@ import torch.multiprocessing as mp
 import torch.nn as nn
 import torch.nn.functional as F
 
-from gradcourse._validate import check_positive_int
+from gradcourse._validate import check_number, check_positive_int
 
 
 class WorkerError(RuntimeError):
@@ -157,8 +157,7 @@ def launch(worker: Callable[..., Any], world_size: int = 2, *args: Any, backend:
     backend = backend or default_backend(world_size)
     if backend not in ("gloo", "nccl"):
         raise ValueError(f"backend must be 'gloo' or 'nccl', got {backend!r}")
-    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
-        raise ValueError(f"timeout must be a number of seconds > 0, got {timeout!r}")
+    check_number("timeout", timeout, minimum=0, strict=True)
     try:
         pickle.dumps(worker)
         if getattr(worker, "__module__", None) == "__main__":

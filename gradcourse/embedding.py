@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from gradcourse._validate import check_positive_int
+from gradcourse._validate import check_choice, check_positive_int
 from gradcourse.models import is_tied
 
 METHODS = ("loop", "scatter_add", "index_add", "one_hot")
@@ -83,8 +83,7 @@ def embedding_backward(
         ValueError: an id is outside ``[0, num_embeddings)``, the shapes do not match, ``padding_idx`` is
             out of range, or ``method`` is unknown.
     """
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    check_choice("method", method, METHODS)
     dim = _check_lookup(grad_output, token_ids, num_embeddings)
     padding_idx = _normalise_padding_idx(padding_idx, num_embeddings)
     flat_ids = token_ids.reshape(-1).long()

@@ -13,7 +13,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torch.utils.checkpoint
 
-from gradcourse._validate import check_positive_int
+from gradcourse._validate import check_choice, check_int, check_positive_int
 
 POSITIONAL = ("learned", "sinusoidal")
 NORMS = ("pre", "post")
@@ -100,10 +100,8 @@ class TinyGPT(nn.Module):
             check_positive_int(name, value)
         if d_model % n_heads:
             raise ValueError(f"d_model ({d_model}) must be divisible by n_heads ({n_heads})")
-        if positional not in POSITIONAL:
-            raise ValueError(f"positional must be one of {POSITIONAL}, got {positional!r}")
-        if norm not in NORMS:
-            raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
+        check_choice("positional", positional, POSITIONAL)
+        check_choice("norm", norm, NORMS)
         if not 0 <= dropout < 1:
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
         if not isinstance(tie_weights, bool):
@@ -145,8 +143,7 @@ class TinyGPT(nn.Module):
         """``checkpoint_every=k > 0`` runs each group of ``k`` blocks under non-reentrant activation
         checkpointing (Chapter 10): only the group's input is kept, and its activations are recomputed
         during backward."""
-        if not isinstance(checkpoint_every, int) or checkpoint_every < 0:
-            raise ValueError(f"checkpoint_every must be an int >= 0, got {checkpoint_every!r}")
+        check_int("checkpoint_every", checkpoint_every, minimum=0)
         if not isinstance(token_ids, torch.Tensor) or token_ids.dtype not in (torch.int64, torch.int32):
             raise TypeError("token_ids must be an int64 or int32 tensor, got "
                             + (str(token_ids.dtype) if isinstance(token_ids, torch.Tensor) else type(token_ids).__name__))
@@ -245,15 +242,10 @@ class MLP(nn.Module):
         super().__init__()
         for name, value in (("width", width), ("in_features", in_features), ("out_features", out_features)):
             check_positive_int(name, value)
-        check_positive_int("depth", depth)
-        if depth < 2:
-            raise ValueError(f"depth must be >= 2 (an input and an output layer), got {depth}")
-        if activation not in ACTIVATIONS:
-            raise ValueError(f"activation must be one of {tuple(ACTIVATIONS)}, got {activation!r}")
-        if init not in INITS:
-            raise ValueError(f"init must be one of {INITS}, got {init!r}")
-        if norm not in MLP_NORMS:
-            raise ValueError(f"norm must be one of {MLP_NORMS}, got {norm!r}")
+        check_int("depth", depth, minimum=2)   # an input and an output layer at least
+        check_choice("activation", activation, ACTIVATIONS)
+        check_choice("init", init, INITS)
+        check_choice("norm", norm, MLP_NORMS)
         sizes = [in_features] + [width] * (depth - 1) + [out_features]
         self.linears = nn.ModuleList(nn.Linear(a, b) for a, b in zip(sizes, sizes[1:]))
         for layer in self.linears:
@@ -301,10 +293,8 @@ class RNN(nn.Module):
         super().__init__()
         check_positive_int("input_size", input_size)
         check_positive_int("hidden_size", hidden_size)
-        if nonlinearity not in RNN_NONLINEARITIES:
-            raise ValueError(f"nonlinearity must be one of {tuple(RNN_NONLINEARITIES)}, got {nonlinearity!r}")
-        if cell not in CELLS:
-            raise ValueError(f"cell must be one of {CELLS}, got {cell!r}")
+        check_choice("nonlinearity", nonlinearity, RNN_NONLINEARITIES)
+        check_choice("cell", cell, CELLS)
         if cell != "vanilla" and nonlinearity != "tanh":
             raise ValueError(f"a {cell} cell has its own gates: nonlinearity must be 'tanh', got {nonlinearity!r}")
         if output_size is not None:

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from gradcourse._validate import check_positive_int
+from gradcourse._validate import check_choice, check_positive_int
 
 ON_NONFINITE = ("raise", "report")
 GROUP_BY = ("module", "parameter")
@@ -88,10 +88,8 @@ class GradientMonitor:
         check_positive_int("every", every)
         check_positive_int("detail_every", detail_every)
         check_positive_int("bins", bins)
-        if group_by not in GROUP_BY:
-            raise ValueError(f"group_by must be one of {GROUP_BY}, got {group_by!r}")
-        if on_nonfinite not in ON_NONFINITE:
-            raise ValueError(f"on_nonfinite must be one of {ON_NONFINITE}, got {on_nonfinite!r}")
+        check_choice("group_by", group_by, GROUP_BY)
+        check_choice("on_nonfinite", on_nonfinite, ON_NONFINITE)
         histogram_range = histogram_range or ((-10.0, 1.0) if log_magnitude else (-1e-2, 1e-2))
         if not (len(histogram_range) == 2 and all(isinstance(v, (int, float)) for v in histogram_range)
                 and math.isfinite(histogram_range[0]) and math.isfinite(histogram_range[1])

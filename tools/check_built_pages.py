@@ -27,22 +27,14 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
-import yaml
 from bs4 import BeautifulSoup
 
-ROOT = Path(__file__).resolve().parent.parent
+from project import chapter_files, repository_url  # tools/project.py
 CHROMIUM_FLAGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
     "--disable-dev-shm-usage", "--virtual-time-budget=30000",
 ]
-
-
-def chapter_files(toc_path: Path = ROOT / "_toc.yml") -> list[str]:
-    """The chapter notebooks listed in ``_toc.yml``, as paths without suffix (``chapters/01_...``)."""
-    toc = yaml.safe_load(toc_path.read_text())
-    files = [entry["file"] for part in toc.get("parts", []) for entry in part.get("chapters", [])]
-    return [name for name in files if name.startswith("chapters/")]
 
 
 @contextlib.contextmanager
@@ -131,7 +123,7 @@ def main(argv: list[str]) -> int:
     if browser is None:
         print("chromium not found: install Debian's chromium package (apt-get install chromium)")
         return 2
-    repository_url = yaml.safe_load((ROOT / "_config.yml").read_text())["repository"]["url"].rstrip("/")
+    url = repository_url()
     failures = []
     with serve(site) as base_url:
         for chapter in chapter_files():
@@ -140,7 +132,7 @@ def main(argv: list[str]) -> int:
                 failures.append(f"{chapter}: page {page} was not built")
                 continue
             html = rendered_dom(browser, f"{base_url}/{chapter}.html")
-            failures += [f"{chapter}: {problem}" for problem in check_page(html, page, chapter, repository_url)]
+            failures += [f"{chapter}: {problem}" for problem in check_page(html, page, chapter, url)]
     for failure in failures:
         print(f"FAIL {failure}")
     print(f"built pages: {len(chapter_files())} chapters checked, {len(failures)} problems")

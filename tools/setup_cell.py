@@ -18,9 +18,8 @@ import sys
 from pathlib import Path
 
 import nbformat
-import yaml
 
-ROOT = Path(__file__).resolve().parent.parent
+from project import ROOT, chapter_paths, repository_url  # tools/project.py
 SETUP_TAGS = ["hide-cell"]  # the HTML shows it folded behind a toggle
 
 TEMPLATE = '''\
@@ -39,22 +38,9 @@ DEVICE = device()
 print(" | ".join(f"{{name}} {{version}}" for name, version in versions().items()))'''
 
 
-def repository_url(config_path: Path = ROOT / "_config.yml") -> str:
-    """The repository URL kept in ``_config.yml`` under ``repository.url``."""
-    config = yaml.safe_load(config_path.read_text())
-    url = (config.get("repository") or {}).get("url")
-    if not isinstance(url, str) or not url.startswith("https://"):
-        raise ValueError(f"{config_path}: repository.url must be an https URL, got {url!r}")
-    return url.rstrip("/")
-
-
 def setup_cell_source(url: str | None = None) -> str:
     """The exact source of the setup cell for the repository at ``url`` (default: from _config.yml)."""
     return TEMPLATE.format(url=url or repository_url())
-
-
-def chapter_paths() -> list[Path]:
-    return sorted((ROOT / "chapters").glob("*.ipynb"))
 
 
 def first_cell_is_setup(notebook: nbformat.NotebookNode, source: str) -> bool:

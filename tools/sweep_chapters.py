@@ -25,7 +25,8 @@ import nbformat
 from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError
 
-ROOT = Path(__file__).resolve().parent.parent
+from project import ROOT, chapter_paths  # tools/project.py
+
 STARTUP_DIR = ROOT / "tools" / "ipython_seed_offset"
 
 
@@ -78,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--capability", default=None, help="ATEN_CPU_CAPABILITY: default, avx2, avx512")
     parser.add_argument("--jobs", type=int, default=2)
     args = parser.parse_args(argv)
-    chapters = args.chapters or sorted((ROOT / "chapters").glob("*.ipynb"))
+    chapters = args.chapters or chapter_paths()
     runs = [(path.resolve(), offset) for offset in parse_offsets(args.offsets) for path in chapters]
     failures, values = 0, {}
     with ProcessPoolExecutor(args.jobs) as pool:
