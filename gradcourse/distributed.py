@@ -30,6 +30,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from gradcourse._validate import check_number, check_positive_int
+from gradcourse.grads import flat_grad
 
 
 class WorkerError(RuntimeError):
@@ -208,10 +209,6 @@ def failing_worker(rank: int, world_size: int, failing_rank: int = 1) -> None:
     dist.barrier()
 
 
-def _flat_grad(model: nn.Module) -> torch.Tensor:
-    return torch.cat([p.grad.reshape(-1) for p in model.parameters()])
-
-
 def data_parallel_checks(rank: int, world_size: int, seed: int = 0) -> dict[str, Any]:
     """The data-parallel facts of Chapter 10, measured on every rank (each rank returns its own numbers).
 
@@ -249,11 +246,11 @@ def data_parallel_checks(rank: int, world_size: int, seed: int = 0) -> dict[str,
 
     ddp = DistributedDataParallel(fresh())
     F.cross_entropy(ddp(inputs[mine]), labels[mine]).backward()
-    results["ddp_vs_large_batch"] = (_flat_grad(ddp.module) - _flat_grad(reference)).abs().max().item()
+    results["ddp_vs_large_batch"] = (flat_grad(ddp.module) - flat_grad(reference)).abs().max().item()
 
     ddp_sum = DistributedDataParallel(fresh())
     F.cross_entropy(ddp_sum(inputs[mine]), labels[mine], reduction="sum").backward()
-    results["sum_loss_ratio"] = (_flat_grad(ddp_sum.module).norm() / _flat_grad(reference_sum).norm()).item()
+    results["sum_loss_ratio"] = (flat_grad(ddp_sum.module).norm() / flat_grad(reference_sum).norm()).item()
 
     accumulating = DistributedDataParallel(fresh())
     calls = []
@@ -270,7 +267,7 @@ def data_parallel_checks(rank: int, world_size: int, seed: int = 0) -> dict[str,
     with accumulating.no_sync():                       # first micro-batch: accumulate locally
         (F.cross_entropy(accumulating(inputs[halves[0]]), labels[halves[0]]) / 2).backward()
     (F.cross_entropy(accumulating(inputs[halves[1]]), labels[halves[1]]) / 2).backward()   # all-reduce here
-    results["no_sync_vs_large_batch"] = (_flat_grad(accumulating.module) - _flat_grad(reference)).abs().max().item()
+    results["no_sync_vs_large_batch"] = (flat_grad(accumulating.module) - flat_grad(reference)).abs().max().item()
     results["allreduce_calls"] = len(calls)
     calls.clear()
     eager = DistributedDataParallel(fresh())             # the same two micro-batches without no_sync()

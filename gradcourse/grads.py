@@ -1,6 +1,7 @@
-"""Gradients inside a network: per layer, and across time.
+"""Gradients inside a network: all of them as one vector, per layer, and across time.
 
-Taught in: Chapter 6 (vanishing and exploding gradients), reused in Chapters 7 and 8.
+Taught in: Chapter 6 (vanishing and exploding gradients), reused in Chapters 7 and 8; :func:`flat_grad`
+wherever two gradients are compared (Chapters 4, 8, 10).
 """
 
 from __future__ import annotations
@@ -10,6 +11,27 @@ from collections.abc import Callable
 import torch
 
 from gradcourse.models import MLP, RNN
+
+
+def flat_grad(model: torch.nn.Module) -> torch.Tensor:
+    """Every trainable parameter's ``.grad``, flattened and concatenated in ``parameters()`` order: a
+    ``(number of trainable weights,)`` tensor, to compare or take the norm of a whole gradient.
+
+    Raises:
+        TypeError: ``model`` is not an ``nn.Module``.
+        ValueError: a trainable parameter has no gradient (it was cut off from the loss, or no backward
+            ran), named in the message: a silent zero there would hide that.
+    """
+    if not isinstance(model, torch.nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    pieces = []
+    for name, parameter in model.named_parameters():
+        if not parameter.requires_grad:
+            continue
+        if parameter.grad is None:
+            raise ValueError(f"parameter {name!r} has no gradient: no backward reached it")
+        pieces.append(parameter.grad.reshape(-1))
+    return torch.cat(pieces)
 
 
 def mlp_gradient_norms(model: MLP, inputs: torch.Tensor, targets: torch.Tensor,

@@ -13,7 +13,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torch.utils.checkpoint
 
-from gradcourse._validate import check_choice, check_int, check_positive_int
+from gradcourse._validate import check_choice, check_int, check_number, check_positive_int
 
 POSITIONAL = ("learned", "sinusoidal")
 NORMS = ("pre", "post")
@@ -273,6 +273,23 @@ class MLP(nn.Module):
 
 RNN_NONLINEARITIES = {"tanh": torch.tanh, "sigmoid": torch.sigmoid, "linear": lambda x: x}
 CELLS = ("vanilla", "lstm", "gru")
+
+
+def scaled_orthogonal_(weight: torch.Tensor, scale: float) -> torch.Tensor:
+    """Fill a square ``(n, n)`` weight, in place, with ``scale`` times a random orthogonal matrix: every
+    singular value is then exactly ``scale`` (Chapter 6's recurrent matrices, Chapter 8's exploding RNN).
+
+    The orthogonal matrix is the Q of a QR factorisation of a Gaussian matrix drawn on the CPU from the
+    global generator (``torch.manual_seed``) in the weight's dtype, so every device gets the same matrix.
+    Returns ``weight``.
+    """
+    if not isinstance(weight, torch.Tensor) or weight.dim() != 2 or weight.shape[0] != weight.shape[1]:
+        raise ValueError(f"weight must be a square matrix, got {getattr(weight, 'shape', weight)!r}")
+    check_number("scale", scale)
+    orthogonal, _ = torch.linalg.qr(torch.randn(weight.shape, dtype=weight.dtype))
+    with torch.no_grad():
+        weight.copy_(scale * orthogonal.to(weight.device))
+    return weight
 
 
 class RNN(nn.Module):

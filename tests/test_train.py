@@ -3,6 +3,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from gradcourse.grads import flat_grad
 from gradcourse.monitor import GradientMonitor
 from gradcourse.train import train
 
@@ -91,10 +92,6 @@ def per_example_mse(model: nn.Module, batch) -> torch.Tensor:
     return ((model(inputs) - targets) ** 2).mean(1)
 
 
-def _gradient_of(model: nn.Module) -> torch.Tensor:
-    return torch.cat([p.grad.reshape(-1) for p in model.parameters()])
-
-
 def _unequal_split():
     (inputs, targets), = regression(batches=1, batch_size=10)
     return [(inputs[:3], targets[:3]), (inputs[3:], targets[3:])], (inputs, targets)
@@ -108,7 +105,7 @@ def test_accumulate_gradients_by_examples_is_exact_for_unequal_micro_batches():
     assert accumulate_gradients(model, pieces, per_example_mse) == 10
     expected = fresh_model()
     per_example_mse(expected, whole).mean().backward()
-    torch.testing.assert_close(_gradient_of(model), _gradient_of(expected))
+    torch.testing.assert_close(flat_grad(model), flat_grad(expected))
 
 
 def test_loss_over_k_is_wrong_for_unequal_micro_batches_and_right_for_equal_ones():
@@ -119,10 +116,10 @@ def test_loss_over_k_is_wrong_for_unequal_micro_batches_and_right_for_equal_ones
     per_example_mse(expected, whole).mean().backward()
     model = fresh_model()
     accumulate_gradients(model, pieces, per_example_mse, normalize="micro_batches")
-    assert not torch.allclose(_gradient_of(model), _gradient_of(expected))
+    assert not torch.allclose(flat_grad(model), flat_grad(expected))
     equal = [(whole[0][:5], whole[1][:5]), (whole[0][5:], whole[1][5:])]
     accumulate_gradients(model, equal, per_example_mse, normalize="micro_batches")
-    torch.testing.assert_close(_gradient_of(model), _gradient_of(expected))
+    torch.testing.assert_close(flat_grad(model), flat_grad(expected))
 
 
 def test_accumulate_gradients_refuses_an_unknown_normalisation():
