@@ -41,7 +41,7 @@ def test_mlp_weight_gradient_is_activation_gradient_times_layer_input():
 
 def test_rnn_hidden_gradients_follow_powers_of_the_recurrent_matrix():
     torch.manual_seed(0)
-    rnn = RNN(2, 4, nonlinearity="linear").double()
+    rnn = RNN(2, 4, activation="linear").double()
     inputs = torch.randn(3, 6, 2, dtype=torch.float64)
     norms = hidden_state_gradients(rnn, inputs, lambda outputs: outputs[:, -1].sum())
     recurrent = rnn.recurrent_weight.detach()

@@ -43,7 +43,7 @@ def test_sinusoidal_table_starts_with_sin_zero_and_cos_zero():
 
 @pytest.mark.parametrize("norm", ["pre", "post"])
 def test_a_future_token_does_not_change_earlier_logits(norm):
-    model = small(norm=norm).eval()
+    model = small(norm_placement=norm).eval()
     token_ids = torch.randint(0, 50, (1, 12))
     changed = token_ids.clone()
     changed[0, 8] = (changed[0, 8] + 1) % 50
@@ -52,12 +52,12 @@ def test_a_future_token_does_not_change_earlier_logits(norm):
 
 
 def test_post_norm_model_has_no_final_norm_parameters():
-    assert not any(name.startswith("final_norm") for name, _ in small(norm="post").named_parameters())
+    assert not any(name.startswith("final_norm") for name, _ in small(norm_placement="post").named_parameters())
 
 
 @pytest.mark.parametrize("norm", ["pre", "post"])
 def test_every_parameter_receives_a_gradient(norm):
-    model = small(norm=norm, tie_weights=False)
+    model = small(norm_placement=norm, tie_weights=False)
     token_ids = torch.randint(0, 50, (2, 16))
     logits = model(token_ids)
     F.cross_entropy(logits[:, :-1].reshape(-1, 50), token_ids[:, 1:].reshape(-1)).backward()
@@ -91,7 +91,7 @@ def test_one_dimensional_ids_are_refused():
 @pytest.mark.parametrize("kwargs, message", [
     ({"d_model": 30, "n_heads": 4}, "divisible"),
     ({"positional": "rotary"}, "positional"),
-    ({"norm": "sandwich"}, "norm"),
+    ({"norm_placement": "sandwich"}, "norm_placement"),
     ({"dropout": 1.0}, "dropout"),
     ({"n_layers": 0}, "n_layers"),
 ])
@@ -146,7 +146,7 @@ def test_mlp_initialisations_have_their_published_scale(init, expected_std):
 
 @pytest.mark.parametrize("norm", [None, "batch", "layer", "weight"])
 def test_mlp_norm_options_run_and_shape(norm):
-    model = MLP(4, 8, 3, 2, norm=norm)
+    model = MLP(4, 8, 3, 2, normalization=norm)
     assert model(torch.randn(5, 3)).shape == (5, 2)
 
 
@@ -179,7 +179,7 @@ def test_rnn_cells_return_every_step(cell):
 
 def test_vanilla_rnn_matches_its_equation():
     torch.manual_seed(0)
-    rnn = RNN(2, 3, nonlinearity="sigmoid")
+    rnn = RNN(2, 3, activation="sigmoid")
     inputs = torch.randn(1, 2, 2)
     h1 = torch.sigmoid(rnn.input_weight(inputs[:, 0]))
     h2 = torch.sigmoid(rnn.input_weight(inputs[:, 1]) + h1 @ rnn.recurrent_weight.T)
@@ -187,8 +187,8 @@ def test_vanilla_rnn_matches_its_equation():
 
 
 def test_rnn_refuses_bad_options():
-    with pytest.raises(ValueError, match="nonlinearity must be 'tanh'"):
-        RNN(2, 3, nonlinearity="sigmoid", cell="lstm")
+    with pytest.raises(ValueError, match="activation must be 'tanh'"):
+        RNN(2, 3, activation="sigmoid", cell="lstm")
     with pytest.raises(ValueError, match=r"inputs must have shape \(batch, time, input_size\)"):
         RNN(2, 3)(torch.randn(4, 2))
 

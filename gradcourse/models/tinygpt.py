@@ -1,7 +1,8 @@
-"""Models that several chapters train and take apart.
+"""TinyGPT: a small decoder-only transformer, and :func:`is_tied`, the storage test of weight tying.
 
 Taught in: Chapter 3 introduces :class:`TinyGPT` (its token embedding); Chapter 5 ties its input and
-output embeddings; Chapter 7 compares its pre-LN and post-LN forms; Chapter 9 monitors its training.
+output embeddings (:func:`is_tied`); Chapter 7 compares its pre-LN and post-LN forms; Chapter 9 monitors
+its training; Chapter 10 checkpoints its blocks.
 """
 
 from __future__ import annotations
@@ -13,10 +14,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torch.utils.checkpoint
 
-from gradcourse._validate import check_choice, check_int, check_number, check_positive_int
+from gradcourse._validate import check_choice, check_int, check_positive_int
 
 POSITIONAL = ("learned", "sinusoidal")
-NORMS = ("pre", "post")
+NORM_PLACEMENTS = ("pre", "post")
 
 
 def sinusoidal_positions(max_len: int, d_model: int) -> torch.Tensor:
@@ -51,12 +52,13 @@ class CausalSelfAttention(nn.Module):
 class Block(nn.Module):
     """One transformer block: attention and an MLP, each with a residual connection and a LayerNorm.
 
-    ``norm="pre"``: ``x + f(LN(x))`` (GPT-2); ``norm="post"``: ``LN(x + f(x))`` (the original transformer).
+    ``norm_placement="pre"``: ``x + f(LN(x))`` (GPT-2); ``"post"``: ``LN(x + f(x))`` (the original
+    transformer).
     """
 
-    def __init__(self, d_model: int, n_heads: int, norm: str, dropout: float) -> None:
+    def __init__(self, d_model: int, n_heads: int, norm_placement: str, dropout: float) -> None:
         super().__init__()
-        self.norm = norm
+        self.norm_placement = norm_placement
         self.norm_attention = nn.LayerNorm(d_model)
         self.attention = CausalSelfAttention(d_model, n_heads, dropout)
         self.norm_mlp = nn.LayerNorm(d_model)
@@ -64,7 +66,7 @@ class Block(nn.Module):
                                  nn.Dropout(dropout))
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        if self.norm == "pre":
+        if self.norm_placement == "pre":
             hidden = hidden + self.attention(self.norm_attention(hidden))
             return hidden + self.mlp(self.norm_mlp(hidden))
         hidden = self.norm_attention(hidden + self.attention(hidden))
@@ -83,8 +85,9 @@ class TinyGPT(nn.Module):
             (``lm_head.weight is token_embedding.weight``).
         positional: ``"learned"`` (an ``nn.Embedding`` of positions) or ``"sinusoidal"`` (a fixed buffer:
             ``position_embedding`` is then ``None``).
-        norm: ``"pre"`` (LayerNorm before each sublayer, and a final LayerNorm) or ``"post"`` (after each
-            residual addition; ``final_norm`` is then the identity, as the last block already normalises).
+        norm_placement: where the LayerNorms sit: ``"pre"`` (before each sublayer, and a final LayerNorm)
+            or ``"post"`` (after each residual addition; ``final_norm`` is then the identity, as the last
+            block already normalises).
         dropout: dropout probability in [0, 1).
 
     ``forward(token_ids)`` maps ``(B, T)`` integer ids, ``T <= max_len``, to logits ``(B, T, vocab_size)``.
@@ -93,7 +96,7 @@ class TinyGPT(nn.Module):
 
     def __init__(self, vocab_size: int, d_model: int = 128, n_layers: int = 2, n_heads: int = 4,
                  max_len: int = 128, tie_weights: bool = True, positional: str = "learned",
-                 norm: str = "pre", dropout: float = 0.0) -> None:
+                 norm_placement: str = "pre", dropout: float = 0.0) -> None:
         super().__init__()
         for name, value in (("vocab_size", vocab_size), ("d_model", d_model), ("n_layers", n_layers),
                             ("n_heads", n_heads), ("max_len", max_len)):
@@ -101,7 +104,7 @@ class TinyGPT(nn.Module):
         if d_model % n_heads:
             raise ValueError(f"d_model ({d_model}) must be divisible by n_heads ({n_heads})")
         check_choice("positional", positional, POSITIONAL)
-        check_choice("norm", norm, NORMS)
+        check_choice("norm_placement", norm_placement, NORM_PLACEMENTS)
         if not 0 <= dropout < 1:
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
         if not isinstance(tie_weights, bool):
@@ -114,8 +117,8 @@ class TinyGPT(nn.Module):
             self.position_embedding = None
             self.register_buffer("sinusoidal", sinusoidal_positions(max_len, d_model), persistent=False)
         self.dropout = nn.Dropout(dropout)
-        self.blocks = nn.ModuleList(Block(d_model, n_heads, norm, dropout) for _ in range(n_layers))
-        self.final_norm: nn.Module = nn.LayerNorm(d_model) if norm == "pre" else nn.Identity()
+        self.blocks = nn.ModuleList(Block(d_model, n_heads, norm_placement, dropout) for _ in range(n_layers))
+        self.final_norm: nn.Module = nn.LayerNorm(d_model) if norm_placement == "pre" else nn.Identity()
         self.lm_head = nn.Linear(d_model, vocab_size, bias=False)
         self.apply(self._init_weights)
         if tie_weights:
@@ -200,149 +203,3 @@ def is_tied(first: torch.Tensor, second: torch.Tensor) -> bool:
             and first.untyped_storage().data_ptr() == second.untyped_storage().data_ptr()
             and first.storage_offset() == second.storage_offset()
             and first.shape == second.shape and first.stride() == second.stride())
-
-
-ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid, "linear": nn.Identity}
-INITS = ("standard", "xavier", "kaiming")
-MLP_NORMS = (None, "batch", "layer", "weight")
-
-
-def _init_linear(layer: nn.Linear, init: str) -> None:
-    """``standard``: U(-1/sqrt(fan_in), 1/sqrt(fan_in)), the heuristic Glorot & Bengio (2010) call standard
-    (and PyTorch's default); ``xavier``: their normalised U(+-sqrt(6 / (fan_in + fan_out))); ``kaiming``:
-    N(0, 2 / fan_in) (He et al., 2015). Biases start at zero."""
-    if init == "standard":
-        bound = 1 / math.sqrt(layer.in_features)
-        nn.init.uniform_(layer.weight, -bound, bound)
-    elif init == "xavier":
-        nn.init.xavier_uniform_(layer.weight)
-    else:
-        nn.init.kaiming_normal_(layer.weight, nonlinearity="relu")
-    nn.init.zeros_(layer.bias)
-
-
-class MLP(nn.Module):
-    """A deep fully connected network whose depth, activation, initialisation, normalisation and skip
-    connections are the experiment.
-
-    Taught in: Chapter 6 (vanishing and exploding gradients at initialisation), Chapter 7 (normalisation
-    and residual connections). ``depth`` linear layers: ``in_features -> width``, ``depth - 2`` times
-    ``width -> width``, ``width -> out_features``; each but the last is followed by the normalisation
-    (``"batch"``/``"layer"``; ``"weight"`` reparametrises the weights instead) and the activation. With
-    ``residual=True`` each ``width -> width`` layer computes ``h + residual_scale * f(h)``.
-
-    ``forward(inputs)`` maps ``(N, in_features)`` to ``(N, out_features)``; ``forward(inputs,
-    return_pre_activations=True)`` also returns the output of every linear layer (the ``s_l`` of Glorot &
-    Bengio), as graph nodes whose gradients can be retained. ``linears`` lists the linear layers in order.
-    """
-
-    def __init__(self, depth: int, width: int, in_features: int, out_features: int, activation: str = "relu",
-                 init: str = "standard", norm: str | None = None, residual: bool = False,
-                 residual_scale: float = 1.0) -> None:
-        super().__init__()
-        for name, value in (("width", width), ("in_features", in_features), ("out_features", out_features)):
-            check_positive_int(name, value)
-        check_int("depth", depth, minimum=2)   # an input and an output layer at least
-        check_choice("activation", activation, ACTIVATIONS)
-        check_choice("init", init, INITS)
-        check_choice("norm", norm, MLP_NORMS)
-        sizes = [in_features] + [width] * (depth - 1) + [out_features]
-        self.linears = nn.ModuleList(nn.Linear(a, b) for a, b in zip(sizes, sizes[1:]))
-        for layer in self.linears:
-            _init_linear(layer, init)
-            if norm == "weight":
-                nn.utils.parametrizations.weight_norm(layer)
-        norm_class = {"batch": nn.BatchNorm1d, "layer": nn.LayerNorm}.get(norm, None)
-        self.norms = nn.ModuleList(norm_class(width) if norm_class else nn.Identity() for _ in range(depth - 1))
-        self.activation = ACTIVATIONS[activation]()
-        self.residual, self.residual_scale = residual, residual_scale
-
-    def forward(self, inputs: torch.Tensor, return_pre_activations: bool = False):
-        hidden, pre_activations = inputs, []
-        for index, layer in enumerate(self.linears):
-            pre_activation = layer(hidden)
-            pre_activations.append(pre_activation)
-            if index == len(self.linears) - 1:
-                hidden = pre_activation
-                break
-            update = self.activation(self.norms[index](pre_activation))
-            is_square = 0 < index < len(self.linears) - 1
-            hidden = hidden + self.residual_scale * update if self.residual and is_square else update
-        return (hidden, pre_activations) if return_pre_activations else hidden
-
-
-RNN_NONLINEARITIES = {"tanh": torch.tanh, "sigmoid": torch.sigmoid, "linear": lambda x: x}
-CELLS = ("vanilla", "lstm", "gru")
-
-
-def scaled_orthogonal_(weight: torch.Tensor, scale: float) -> torch.Tensor:
-    """Fill a square ``(n, n)`` weight, in place, with ``scale`` times a random orthogonal matrix: every
-    singular value is then exactly ``scale`` (Chapter 6's recurrent matrices, Chapter 8's exploding RNN).
-
-    The orthogonal matrix is the Q of a QR factorisation of a Gaussian matrix drawn on the CPU from the
-    global generator (``torch.manual_seed``) in the weight's dtype, so every device gets the same matrix.
-    Returns ``weight``.
-    """
-    if not isinstance(weight, torch.Tensor) or weight.dim() != 2 or weight.shape[0] != weight.shape[1]:
-        raise ValueError(f"weight must be a square matrix, got {getattr(weight, 'shape', weight)!r}")
-    check_number("scale", scale)
-    orthogonal, _ = torch.linalg.qr(torch.randn(weight.shape, dtype=weight.dtype))
-    with torch.no_grad():
-        weight.copy_(scale * orthogonal.to(weight.device))
-    return weight
-
-
-class RNN(nn.Module):
-    """A recurrent network unrolled in Python, so every hidden state is a graph node one can inspect.
-
-    Taught in: Chapter 6 (gradients across time vs the recurrent matrix) and Chapter 8 (clipping an
-    exploding RNN). ``cell="vanilla"``: ``h_t = f(W_ih x_t + W_hh h_{t-1} + b)`` with ``f`` the
-    ``nonlinearity``; ``"lstm"``/``"gru"`` use PyTorch's cells (``nonlinearity`` must stay ``"tanh"``).
-    ``recurrent_weight`` is ``W_hh`` (for gated cells, the stacked ``weight_hh``).
-
-    ``forward(inputs)`` maps ``(B, T, input_size)`` to the readout of every step, ``(B, T, output_size)``
-    (the hidden states themselves when ``output_size`` is None); with ``return_states=True`` it also
-    returns the list of the ``T`` hidden states ``(B, hidden_size)``.
-    """
-
-    def __init__(self, input_size: int, hidden_size: int, nonlinearity: str = "tanh", cell: str = "vanilla",
-                 output_size: int | None = None) -> None:
-        super().__init__()
-        check_positive_int("input_size", input_size)
-        check_positive_int("hidden_size", hidden_size)
-        check_choice("nonlinearity", nonlinearity, RNN_NONLINEARITIES)
-        check_choice("cell", cell, CELLS)
-        if cell != "vanilla" and nonlinearity != "tanh":
-            raise ValueError(f"a {cell} cell has its own gates: nonlinearity must be 'tanh', got {nonlinearity!r}")
-        if output_size is not None:
-            check_positive_int("output_size", output_size)
-        self.cell_type, self.hidden_size, self.nonlinearity = cell, hidden_size, nonlinearity
-        if cell == "vanilla":
-            self.input_weight = nn.Linear(input_size, hidden_size)
-            self.recurrent = nn.Linear(hidden_size, hidden_size, bias=False)
-        else:
-            self.cell = (nn.LSTMCell if cell == "lstm" else nn.GRUCell)(input_size, hidden_size)
-        self.readout = nn.Linear(hidden_size, output_size) if output_size is not None else None
-
-    @property
-    def recurrent_weight(self) -> nn.Parameter:
-        return self.recurrent.weight if self.cell_type == "vanilla" else self.cell.weight_hh
-
-    def forward(self, inputs: torch.Tensor, return_states: bool = False):
-        if inputs.dim() != 3:
-            raise ValueError(f"inputs must have shape (batch, time, input_size), got {tuple(inputs.shape)}")
-        batch = inputs.shape[0]
-        hidden = inputs.new_zeros(batch, self.hidden_size)
-        memory = inputs.new_zeros(batch, self.hidden_size)
-        states = []
-        for step in range(inputs.shape[1]):
-            if self.cell_type == "vanilla":
-                hidden = RNN_NONLINEARITIES[self.nonlinearity](self.input_weight(inputs[:, step]) + self.recurrent(hidden))
-            elif self.cell_type == "lstm":
-                hidden, memory = self.cell(inputs[:, step], (hidden, memory))
-            else:
-                hidden = self.cell(inputs[:, step], hidden)
-            states.append(hidden)
-        stacked = torch.stack(states, dim=1)
-        outputs = self.readout(stacked) if self.readout is not None else stacked
-        return (outputs, states) if return_states else outputs
