@@ -91,7 +91,9 @@ class TinyGPT(nn.Module):
         dropout: dropout probability in [0, 1).
 
     ``forward(token_ids)`` maps ``(B, T)`` integer ids, ``T <= max_len``, to logits ``(B, T, vocab_size)``.
-    Weights are initialised as GPT-2's: normal(0, 0.02), zero biases, LayerNorm at (1, 0).
+    Weights are initialised as GPT-2's: normal(0, 0.02), zero biases, LayerNorm at (1, 0), but without
+    GPT-2's extra ``1/sqrt(2 * n_layers)`` scaling of the residual projections (``attention.proj`` and
+    the MLP's output layer).
     """
 
     def __init__(self, vocab_size: int, d_model: int = 128, n_layers: int = 2, n_heads: int = 4,
