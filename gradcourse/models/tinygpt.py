@@ -158,7 +158,7 @@ class TinyGPT(nn.Module):
         length = token_ids.shape[1]
         if length > self.max_len:
             raise ValueError(f"sequence length {length} exceeds max_len {self.max_len}")
-        smallest, largest = (value.item() for value in torch.aminmax(token_ids))   # one host sync
+        smallest, largest = torch.stack(torch.aminmax(token_ids)).tolist()   # one host sync
         if smallest < 0 or largest >= self.vocab_size:
             bad = smallest if smallest < 0 else largest
             raise ValueError(f"token id {bad} is outside the vocabulary [0, {self.vocab_size})")
