@@ -44,6 +44,6 @@ def check_choice(name: str, value: object, choices: Collection) -> None:
 def check_int_tensor(name: str, value: object, dtypes: tuple[torch.dtype, ...] = INTEGER_DTYPES) -> None:
     """Raise ``TypeError`` unless ``value`` is a tensor of one of the integer ``dtypes``."""
     if not isinstance(value, torch.Tensor):
-        raise TypeError(f"{name} must be an integer tensor, got {type(value).__name__}")
+        raise TypeError(f"{name} must be a tensor (of integers), got {type(value).__name__}")
     if value.dtype not in dtypes:
-        raise TypeError(f"{name} must hold integers ({', '.join(str(d) for d in dtypes)}), got dtype {value.dtype}")
+        raise TypeError(f"{name} must hold integers ({', '.join(map(str, dtypes))}), got dtype {value.dtype}")

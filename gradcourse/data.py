@@ -15,7 +15,7 @@ import re
 
 import torch
 
-from gradcourse._validate import check_number, check_positive_int
+from gradcourse._validate import check_int_tensor, check_number, check_positive_int
 
 #: The corpus file shipped inside the package, as (folder, name); built by ``tools/build_corpus.py``.
 CORPUS_FILE = ("corpus", "stdlib_docstrings.txt.gz")
@@ -133,8 +133,7 @@ class WordTokenizer:
 
 def _checked_ids(token_ids: torch.Tensor, vocab_size: int) -> list[int]:
     """``token_ids`` as a list of ints in ``[0, vocab_size)``; a negative id would index from the end."""
-    if not isinstance(token_ids, torch.Tensor) or token_ids.is_floating_point() or token_ids.is_complex():
-        raise TypeError(f"token_ids must be an integer tensor, got {token_ids!r}")
+    check_int_tensor("token_ids", token_ids)
     ids = token_ids.reshape(-1).tolist()
     bad = next((i for i in ids if not 0 <= i < vocab_size), None)
     if bad is not None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from gradcourse._validate import check_choice, check_positive_int
+from gradcourse._validate import check_choice, check_int_tensor, check_positive_int
 from gradcourse.models import is_tied
 
 METHODS = ("loop", "scatter_add", "index_add", "one_hot")
@@ -19,10 +19,7 @@ METHODS = ("loop", "scatter_add", "index_add", "one_hot")
 def _check_lookup(grad_output: torch.Tensor, token_ids: torch.Tensor, num_embeddings: int) -> int:
     """Validate the arguments of a lookup's backward (before any index is used); return ``dim``."""
     check_positive_int("num_embeddings", num_embeddings)
-    if not isinstance(token_ids, torch.Tensor):
-        raise TypeError(f"token_ids must be a tensor, got {type(token_ids).__name__}")
-    if token_ids.dtype not in (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8):
-        raise TypeError(f"token_ids must hold integers, got dtype {token_ids.dtype}")
+    check_int_tensor("token_ids", token_ids)
     if not isinstance(grad_output, torch.Tensor) or not grad_output.is_floating_point():
         raise TypeError("grad_output must be a floating-point tensor, got "
                         + (f"dtype {grad_output.dtype}" if isinstance(grad_output, torch.Tensor)
@@ -195,9 +192,7 @@ def tied_gradient_parts(model: torch.nn.Module, token_ids: torch.Tensor,
         raise ValueError("model.token_embedding.weight and model.lm_head.weight are not tied (different "
                          "storage), so there is no shared matrix to split; build the model with tie_weights=True")
     for name, tensor in (("token_ids", token_ids), ("targets", targets)):
-        if not isinstance(tensor, torch.Tensor) or tensor.dtype not in (torch.int64, torch.int32):
-            raise TypeError(f"{name} must be an int64 or int32 tensor, got "
-                            + (str(tensor.dtype) if isinstance(tensor, torch.Tensor) else type(tensor).__name__))
+        check_int_tensor(name, tensor, (torch.int64, torch.int32))
     if targets.shape != token_ids.shape:
         raise ValueError(f"targets must have the shape of token_ids {tuple(token_ids.shape)}, got {tuple(targets.shape)}")
     _check_id_range("token id", token_ids, shared.shape[0])

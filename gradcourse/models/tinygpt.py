@@ -14,7 +14,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torch.utils.checkpoint
 
-from gradcourse._validate import check_choice, check_int, check_positive_int
+from gradcourse._validate import check_choice, check_int, check_int_tensor, check_positive_int
 
 POSITIONAL = ("learned", "sinusoidal")
 NORM_PLACEMENTS = ("pre", "post")
@@ -149,9 +149,7 @@ class TinyGPT(nn.Module):
         checkpointing (Chapter 10): only the group's input is kept, and its activations are recomputed
         during backward."""
         check_int("checkpoint_every", checkpoint_every, minimum=0)
-        if not isinstance(token_ids, torch.Tensor) or token_ids.dtype not in (torch.int64, torch.int32):
-            raise TypeError("token_ids must be an int64 or int32 tensor, got "
-                            + (str(token_ids.dtype) if isinstance(token_ids, torch.Tensor) else type(token_ids).__name__))
+        check_int_tensor("token_ids", token_ids, (torch.int64, torch.int32))
         if token_ids.dim() != 2 or 0 in token_ids.shape:
             raise ValueError(f"token_ids must have shape (batch, length), got {tuple(token_ids.shape)} "
                              "(both must be at least 1)")
