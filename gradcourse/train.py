@@ -1,14 +1,14 @@
-"""A small training loop that the later chapters share.
+"""A small training loop, and gradient accumulation.
 
-Taught in: Chapter 9 (with a :class:`~gradcourse.monitor.GradientMonitor`); Chapters 10 and later reuse it
-for accumulation, mixed precision and clipping.
+Taught in: Chapter 9 (:func:`train`, with a
+:class:`~gradcourse.monitor.GradientMonitor`) and Chapter 10
+(:func:`accumulate_gradients`).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable
-from itertools import islice
 from typing import Any
 
 import torch
@@ -18,76 +18,95 @@ from gradcourse._validate import check_positive_int
 from gradcourse.env import progress
 from gradcourse.monitor import GradientMonitor
 
+_RAN_OUT = object()  # what next() returns when the batches run out
 
-def train(model: nn.Module, batches: Iterable[Any], loss_fn: Callable[[nn.Module, Any], torch.Tensor],
-          optimizer: torch.optim.Optimizer, *, steps: int, accumulation_steps: int = 1,
-          clip_norm: float | None = None, autocast_dtype: torch.dtype | None = None,
-          scaler: torch.amp.GradScaler | None = None, monitor: GradientMonitor | None = None,
-          description: str = "training") -> list[float]:
-    """Train for ``steps`` optimizer steps and return the loss of each step (mean over its micro-batches).
 
-    Each step draws ``accumulation_steps`` batches from ``batches`` and calls ``loss_fn(model, batch)`` on
-    each (a scalar, the mean over that batch); their gradients are accumulated with ``loss /
-    accumulation_steps``, so equal-sized micro-batches give the gradient of their union. Then, in order:
-    ``scaler.unscale_`` (if a GradScaler is given), ``monitor.record()`` (the norms before clipping),
-    ``clip_grad_norm_(clip_norm)``, the optimizer step (through the scaler if given) and
-    ``monitor.record_update()``. ``autocast_dtype`` runs the forward passes under ``torch.autocast`` on
-    the model's device type.
+def train(
+    model: nn.Module,
+    batches: Iterable[Any],
+    loss_fn: Callable[[nn.Module, Any], torch.Tensor],
+    optimizer: torch.optim.Optimizer,
+    *,
+    steps: int,
+    clip_norm: float | None = None,
+    scaler: torch.amp.GradScaler | None = None,
+    monitor: GradientMonitor | None = None,
+    description: str = "training",
+) -> list[float]:
+    """Train for ``steps`` optimizer steps; return the loss of each step.
 
-    Without a scaler, a step whose loss is not finite stops training with a ``FloatingPointError``
-    before the optimizer step (the weights stay as they were); that check reads the loss on the host
-    once per step. With a scaler, an overflow is routine: the scaler skips the step, and the monitor
-    lists it in ``skipped_steps`` instead of raising.
+    Taught in: Chapter 9. Each step takes the next batch from ``batches``
+    and back-propagates ``loss_fn(model, batch)`` (a scalar). Then, in
+    order: ``scaler.unscale_`` (if a GradScaler is given),
+    ``monitor.record()`` (the norms before clipping),
+    ``clip_grad_norm_(clip_norm)``, the optimizer step (through the scaler
+    if given) and ``monitor.record_update()``.
+
+    Two things stay outside, each with one home: gradient accumulation is
+    :func:`accumulate_gradients` (Chapter 10), and mixed precision is a
+    ``torch.autocast`` block inside ``loss_fn``.
+
+    Without a scaler, a step whose loss is not finite stops training with
+    a ``FloatingPointError`` before the optimizer step (the weights stay
+    as they were); that check reads the loss on the host once per step.
+    With a scaler, an overflow is routine: the scaler skips the step, and
+    the monitor lists it in ``skipped_steps`` instead of raising.
 
     Raises:
-        ValueError: a bad count or clip norm, a monitor built for another model or one that hooks the
-            optimizer itself, or fewer batches than ``steps * accumulation_steps``.
-        FloatingPointError: a non-finite loss without a scaler (see above).
+        ValueError: a bad ``steps`` or ``clip_norm``, a monitor built for
+            another model or one that hooks the optimizer itself, or fewer
+            batches than ``steps``.
+        FloatingPointError: a non-finite loss without a scaler.
     """
     check_positive_int("steps", steps)
-    check_positive_int("accumulation_steps", accumulation_steps)
     if clip_norm is not None and not clip_norm > 0:
         raise ValueError(f"clip_norm must be > 0 or None, got {clip_norm!r}")
     if monitor is not None and monitor.model is not model:
-        raise ValueError("monitor watches another model: build it with GradientMonitor(model) for the model "
-                         "given to train()")
+        raise ValueError(
+            "monitor watches another model: build it with "
+            "GradientMonitor(model) for the model given to train()"
+        )
     if monitor is not None and monitor.optimizer is not None:
-        raise ValueError("give train() a GradientMonitor built without an optimizer: train() calls record() "
-                         "before clipping and record_update() after the step itself")
-    device_type = next(model.parameters()).device.type
+        raise ValueError(
+            "give train() a GradientMonitor built without an optimizer: "
+            "train() calls record() before clipping and record_update() "
+            "after the step itself"
+        )
     batch_iterator = iter(batches)
     losses = []
     bar = progress(range(steps), desc=description)
     for step in bar:
-        micro_batches = list(islice(batch_iterator, accumulation_steps))
-        if len(micro_batches) < accumulation_steps:
-            raise ValueError(f"batches ran out at step {step}: need steps * accumulation_steps = "
-                             f"{steps * accumulation_steps} batches")
+        batch = next(batch_iterator, _RAN_OUT)
+        if batch is _RAN_OUT:
+            raise ValueError(f"batches ran out at step {step}: need {steps}")
         optimizer.zero_grad(set_to_none=True)
-        step_loss = torch.zeros((), device=next(model.parameters()).device)
-        for batch in micro_batches:
-            with torch.autocast(device_type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-                loss = loss_fn(model, batch) / accumulation_steps
-            (scaler.scale(loss) if scaler is not None else loss).backward()
-            step_loss += loss.detach().float()
+        loss = loss_fn(model, batch)
+        (scaler.scale(loss) if scaler is not None else loss).backward()
+        loss = loss.detach().float()
         if scaler is not None:
             scaler.unscale_(optimizer)
-        elif not math.isfinite(step_loss.item()):
-            raise FloatingPointError(f"the loss is not finite at step {step} ({step_loss.item()}); "
-                                     "stopped before the optimizer step, so the weights are those of the step before")
-        finite = monitor.record(overflow_expected=scaler is not None) if monitor is not None else True
+        elif not math.isfinite(loss.item()):
+            raise FloatingPointError(
+                f"the loss is not finite at step {step} ({loss.item()}); "
+                "stopped before the optimizer step, so the weights are "
+                "those of the step before"
+            )
+        overflow_expected = scaler is not None
+        finite = True
+        if monitor is not None:
+            finite = monitor.record(overflow_expected=overflow_expected)
         if clip_norm is not None:
             nn.utils.clip_grad_norm_(model.parameters(), clip_norm)
         if scaler is not None:
-            scaler.step(optimizer)   # skips the step itself if a gradient is not finite
+            scaler.step(optimizer)  # skips the step if a gradient is not finite
             scaler.update()
         else:
             optimizer.step()
         if monitor is not None:
             monitor.record_update() if finite else monitor.skip_step()
-        losses.append(step_loss)
+        losses.append(loss)
         if step % 10 == 0 or step == steps - 1:
-            bar.set_postfix(loss=f"{step_loss.item():.4f}")
+            bar.set_postfix(loss=f"{loss.item():.4f}")
     return torch.stack(losses).tolist()
 
 
