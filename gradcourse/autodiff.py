@@ -1,8 +1,10 @@
-"""A tiny scalar reverse-mode automatic differentiation engine, in the spirit of micrograd.
+"""A tiny scalar reverse-mode automatic differentiation engine, in the
+spirit of micrograd.
 
-Taught in: Chapter 1 (reverse mode by hand). Each operation records its inputs and a closure that
-applies the chain rule locally; :meth:`Value.backward` visits the graph in reverse topological order,
-so every node's gradient is complete (all paths summed) before it is passed on.
+Taught in: Chapter 1 (reverse mode by hand). Each operation records its
+inputs and a closure that applies the chain rule locally;
+:meth:`Value.backward` visits the graph in reverse topological order, so
+every node's gradient is complete (all paths summed) before it is passed on.
 
     >>> a = Value(2.0)
     >>> b = a * a + a          # a is used three times
@@ -20,25 +22,34 @@ Number = (int, float)
 
 
 def _check_number(value: object, what: str) -> float:
-    """Return ``value`` as a float, or raise ``TypeError`` naming it (``bool`` is refused)."""
+    """Return ``value`` as a float, or raise ``TypeError`` naming it
+    (``bool`` is refused)."""
     if isinstance(value, bool) or not isinstance(value, Number):
-        raise TypeError(f"{what} must be an int or a float, got {value!r} of type {type(value).__name__}")
+        raise TypeError(
+            f"{what} must be an int or a float, got {value!r} of type "
+            f"{type(value).__name__}"
+        )
     return float(value)
 
 
 class Value:
-    """A scalar that remembers how it was computed, so that ``backward()`` can differentiate it.
+    """A scalar that remembers how it was computed, so that ``backward()``
+    can differentiate it.
 
     Attributes:
         data: the value (a Python float).
         grad: d(output)/d(self) after ``output.backward()``; 0.0 before.
-        parents: the ``Value`` objects this one was computed from (empty for a leaf).
-        op: the name of the operation that made it (``""`` for a leaf), for printing graphs.
+        parents: the ``Value`` objects this one was computed from (empty for
+            a leaf).
+        op: the name of the operation that made it (``""`` for a leaf), for
+            printing graphs.
     """
 
     __slots__ = ("data", "grad", "parents", "op", "_backward")
 
-    def __init__(self, data: float, parents: tuple[Value, ...] = (), op: str = "") -> None:
+    def __init__(
+        self, data: float, parents: tuple[Value, ...] = (), op: str = ""
+    ) -> None:
         self.data = _check_number(data, "Value data")
         self.grad = 0.0
         self.parents = parents
@@ -50,9 +61,13 @@ class Value:
 
     @staticmethod
     def _lift(other: Value | float) -> Value:
-        return other if isinstance(other, Value) else Value(_check_number(other, "operand"))
+        return (
+            other
+            if isinstance(other, Value)
+            else Value(_check_number(other, "operand"))
+        )
 
-    # --- operations: each sets out._backward to the local chain rule -------------------------
+    # --- operations: each sets out._backward to the local chain rule ------
     def __add__(self, other: Value | float) -> Value:
         other = self._lift(other)
         out = Value(self.data + other.data, (self, other), "+")
@@ -76,12 +91,17 @@ class Value:
         return out
 
     def __pow__(self, exponent: float) -> Value:
-        exponent = _check_number(exponent, "exponent (a constant; Value ** Value is not supported)")
+        exponent = _check_number(
+            exponent,
+            "exponent (a constant; Value ** Value is not supported)",
+        )
         if self.data == 0 and exponent < 1:
             raise ValueError(f"0 ** {exponent} has no finite derivative")
         result = self.data**exponent
         if isinstance(result, complex):
-            raise ValueError(f"{self.data} ** {exponent} is not a real number")
+            raise ValueError(
+                f"{self.data} ** {exponent} is not a real number"
+            )
         out = Value(result, (self,), f"**{exponent:g}")
 
         def _backward() -> None:
@@ -101,7 +121,9 @@ class Value:
 
     def log(self) -> Value:
         if self.data <= 0:
-            raise ValueError(f"log needs a positive argument, got {self.data}")
+            raise ValueError(
+                f"log needs a positive argument, got {self.data}"
+            )
         out = Value(math.log(self.data), (self,), "log")
 
         def _backward() -> None:
@@ -123,7 +145,9 @@ class Value:
         out = Value(max(self.data, 0.0), (self,), "relu")
 
         def _backward() -> None:
-            self.grad += (1.0 if self.data > 0 else 0.0) * out.grad  # PyTorch's choice at 0: 0
+            self.grad += (
+                1.0 if self.data > 0 else 0.0
+            ) * out.grad  # PyTorch's choice at 0: 0
 
         out._backward = _backward
         return out
@@ -143,7 +167,7 @@ class Value:
         out._backward = _backward
         return out
 
-    # --- derived operations ------------------------------------------------------------------
+    # --- derived operations -----------------------------------------------
     def __neg__(self) -> Value:
         return self * -1.0
 
@@ -153,7 +177,9 @@ class Value:
     def __truediv__(self, other: Value | float) -> Value:
         other = self._lift(other)
         if other.data == 0:
-            raise ZeroDivisionError(f"division of {self.data} by a Value equal to 0")
+            raise ZeroDivisionError(
+                f"division of {self.data} by a Value equal to 0"
+            )
         return self * other**-1.0
 
     def __radd__(self, other: float) -> Value:
@@ -168,13 +194,16 @@ class Value:
     def __rtruediv__(self, other: float) -> Value:
         return self._lift(other) / self
 
-    # --- reverse mode ------------------------------------------------------------------------
+    # --- reverse mode -----------------------------------------------------
     def graph(self) -> list[Value]:
-        """Every node this value depends on, itself included, inputs before outputs (topological order)."""
+        """Every node this value depends on, itself included, inputs before
+        outputs (topological order)."""
         order: list[Value] = []
         visited: set[int] = set()
         stack: list[tuple[Value, bool]] = [(self, False)]
-        while stack:  # iterative depth-first search: deep graphs do not hit the recursion limit
+        # iterative depth-first search: deep graphs do not hit the recursion
+        # limit
+        while stack:
             node, children_done = stack.pop()
             if children_done:
                 order.append(node)
@@ -189,9 +218,10 @@ class Value:
     def backward(self) -> None:
         """Set ``.grad`` of every node in the graph to d(self)/d(node).
 
-        Unlike PyTorch, the graph's gradients are reset to zero first, so calling ``backward`` twice
-        gives the same gradients rather than twice them. Within one call, a node used several times
-        receives the sum of the gradients along every path (the multivariate chain rule).
+        Unlike PyTorch, the graph's gradients are reset to zero first, so
+        calling ``backward`` twice gives the same gradients rather than
+        twice them. Within one call, a node used several times receives the
+        sum of the gradients along every path (the multivariate chain rule).
         """
         order = self.graph()
         for node in order:
@@ -199,4 +229,3 @@ class Value:
         self.grad = 1.0
         for node in reversed(order):
             node._backward()
-

@@ -1,8 +1,10 @@
-"""Numbers from a chapter's run, quoted in its prose: ``glue`` them instead of typing them in.
+"""Numbers from a chapter's run, quoted in its prose: ``glue`` them instead
+of typing them in.
 
-Taught in: every chapter that quotes a measured number. In the built book, ``{glue:text}`name:.3f```
-in a Markdown cell shows the value the code cell glued; where myst-nb is not installed (Colab, a plain
-Jupyter), :func:`glue` does nothing but return the value, so the notebook runs unchanged.
+Taught in: every chapter that quotes a measured number. In the built book,
+``{glue:text}`name:.3f``` in a Markdown cell shows the value the code cell
+glued; where myst-nb is not installed (Colab, a plain Jupyter), :func:`glue`
+does nothing but return the value, so the notebook runs unchanged.
 """
 
 from __future__ import annotations
@@ -16,22 +18,31 @@ T = TypeVar("T")
 
 
 def glue(name: str, value: T, *, display: bool = False) -> T:
-    """Record ``value`` under ``name`` for the book's prose (``myst_nb.glue``) and return it.
+    """Record ``value`` under ``name`` for the book's prose
+    (``myst_nb.glue``) and return it.
 
     Args:
-        name: the key that ``{glue:text}`name``` refers to; a non-empty ``str``.
-        value: any object; numbers are what the prose quotes. A NumPy scalar or a one-element tensor
-            is glued as the Python number it holds, so the prose shows ``0.25``, not ``np.float64(0.25)``.
-        display: also show the value under the cell (default: recorded only).
+        name: the key that ``{glue:text}`name``` refers to; a non-empty
+            ``str``.
+        value: any object; numbers are what the prose quotes. A NumPy scalar
+            or a one-element tensor is glued as the Python number it holds,
+            so the prose shows ``0.25``, not ``np.float64(0.25)``.
+        display: also show the value under the cell (default: recorded
+            only).
 
     Raises:
         TypeError / ValueError: ``name`` is not a non-empty string.
     """
     if not isinstance(name, str):
-        raise TypeError(f"name must be a str, got {name!r} of type {type(name).__name__}")
+        raise TypeError(
+            f"name must be a str, got {name!r} of type "
+            f"{type(name).__name__}"
+        )
     if not name.strip():
         raise ValueError(f"name must be a non-empty string, got {name!r}")
-    one_number = isinstance(value, np.generic) or (isinstance(value, torch.Tensor) and value.numel() == 1)
+    one_number = isinstance(value, np.generic) or (
+        isinstance(value, torch.Tensor) and value.numel() == 1
+    )
     shown = value.item() if one_number else value
     try:
         from myst_nb import glue as myst_glue

@@ -21,7 +21,8 @@ T = TypeVar("T")
 
 
 def device() -> torch.device:
-    """Return the best available device: CUDA, then Apple's MPS, then the CPU.
+    """Return the best available device: CUDA, then Apple's MPS, then the
+    CPU.
 
     Every chapter runs unchanged on whichever device this returns.
     """
@@ -34,7 +35,8 @@ def device() -> torch.device:
 
 
 def seed_everything(seed: int) -> None:
-    """Seed Python's ``random``, NumPy and PyTorch (CPU and every CUDA device).
+    """Seed Python's ``random``, NumPy and PyTorch (CPU and every CUDA
+    device).
 
     Args:
         seed: a non-negative integer below 2**32.
@@ -44,7 +46,10 @@ def seed_everything(seed: int) -> None:
         ValueError: ``seed`` is negative or not below 2**32.
     """
     if isinstance(seed, bool) or not isinstance(seed, int):
-        raise TypeError(f"seed must be an int, got {seed!r} of type {type(seed).__name__}")
+        raise TypeError(
+            f"seed must be an int, got {seed!r} of type "
+            f"{type(seed).__name__}"
+        )
     if not 0 <= seed < 2**32:
         raise ValueError(f"seed must be in [0, 2**32), got {seed}")
     random.seed(seed)
@@ -53,10 +58,11 @@ def seed_everything(seed: int) -> None:
 
 
 def versions() -> dict[str, str]:
-    """Return the versions that matter for reproducing a chapter, as ``{name: version}``.
+    """Return the versions that matter for reproducing a chapter, as
+    ``{name: version}``.
 
-    Keys: ``python``, ``torch``, ``numpy``, ``gradcourse``, ``device`` (and ``cuda`` with the GPU's
-    name when CUDA is available).
+    Keys: ``python``, ``torch``, ``numpy``, ``gradcourse``, ``device`` (and
+    ``cuda`` with the GPU's name when CUDA is available).
     """
     import gradcourse
 
@@ -68,33 +74,41 @@ def versions() -> dict[str, str]:
         "device": str(device()),
     }
     if torch.cuda.is_available():
-        found["cuda"] = f"{torch.version.cuda} ({torch.cuda.get_device_name(0)})"
+        found["cuda"] = (
+            f"{torch.version.cuda} ({torch.cuda.get_device_name(0)})"
+        )
     return found
 
 
-#: When this environment variable is "1", :func:`progress` writes each bar once, as one line of text
-#: with its final state, instead of drawing a live bar. The book build sets it (``_ext/text_progress.py``):
-#: a static page cannot show a Jupyter widget, and a live text bar would leave one line per refresh.
+#: When this environment variable is "1", :func:`progress` writes each bar
+# once, as one line of text : with its final state, instead of drawing a
+# live bar. The book build sets
+# it (``_ext/text_progress.py``): : a static page cannot show a Jupyter
+# widget, and a live text bar would leave one line per refresh.
 TEXT_PROGRESS_VARIABLE = "GRADCOURSE_TEXT_PROGRESS"
 
 
 class FinalLineBar(std_tqdm):
-    """A text bar that draws nothing while it runs and writes its final state to stderr when it closes."""
+    """A text bar that draws nothing while it runs and writes its final
+    state to stderr when it closes."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **{**kwargs, "delay": float("inf")})
 
     def close(self) -> None:
-        if not self.disable:  # tqdm sets disable once closed: the line is written once
+        # tqdm sets disable once closed: the line is written once
+        if not self.disable:
             sys.stderr.write(f"{self}\n")
         super().close()
 
 
 def progress(iterable: Iterable[T], **tqdm_options: Any) -> Iterable[T]:
-    """Wrap ``iterable`` in a tqdm progress bar: a widget in Jupyter or Colab, text in a terminal.
+    """Wrap ``iterable`` in a tqdm progress bar: a widget in Jupyter or
+    Colab, text in a terminal.
 
-    Taught in: used by every long loop (benchmarks, training). ``tqdm_options`` go to ``tqdm``
-    (``desc``, ``total``, ``leave``, ...); the bar supports tqdm's methods (``set_postfix``, ...).
+    Taught in: used by every long loop (benchmarks, training).
+    ``tqdm_options`` go to ``tqdm`` (``desc``, ``total``, ``leave``, ...);
+    the bar supports tqdm's methods (``set_postfix``, ...).
     """
     if os.environ.get(TEXT_PROGRESS_VARIABLE) == "1":
         return FinalLineBar(iterable, **tqdm_options)

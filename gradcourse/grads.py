@@ -1,7 +1,9 @@
-"""Gradients inside a network: all of them as one vector, per layer, and across time.
+"""Gradients inside a network: all of them as one vector, per layer, and
+across time.
 
-Taught in: Chapter 6 (vanishing and exploding gradients), reused in Chapters 7 and 8; :func:`flat_grad`
-wherever two gradients are compared (Chapters 4, 8, 10).
+Taught in: Chapter 6 (vanishing and exploding gradients), reused in Chapters
+7 and 8; :func:`flat_grad` wherever two gradients are compared (Chapters 4,
+8, 10).
 """
 
 from __future__ import annotations
@@ -14,69 +16,112 @@ from gradcourse.models import MLP, RNN
 
 
 def flat_grad(model: torch.nn.Module) -> torch.Tensor:
-    """Every trainable parameter's ``.grad``, flattened and concatenated in ``parameters()`` order: a
-    ``(number of trainable weights,)`` tensor, to compare or take the norm of a whole gradient.
+    """Every trainable parameter's ``.grad``, flattened and concatenated in
+    ``parameters()`` order: a ``(number of trainable weights,)`` tensor, to
+    compare or take the norm of a whole gradient.
 
     Raises:
         TypeError: ``model`` is not an ``nn.Module``.
-        ValueError: a trainable parameter has no gradient (it was cut off from the loss, or no backward
-            ran), named in the message: a silent zero there would hide that.
+        ValueError: a trainable parameter has no gradient (it was cut off
+            from the loss, or no backward ran), named in the message: a
+            silent zero there would hide that.
     """
     if not isinstance(model, torch.nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        raise TypeError(
+            f"model must be a torch.nn.Module, got {type(model).__name__}"
+        )
     pieces = []
     for name, parameter in model.named_parameters():
         if not parameter.requires_grad:
             continue
         if parameter.grad is None:
-            raise ValueError(f"parameter {name!r} has no gradient: no backward reached it")
+            raise ValueError(
+                f"parameter {name!r} has no gradient: no backward reached "
+                "it"
+            )
         pieces.append(parameter.grad.reshape(-1))
     return torch.cat(pieces)
 
 
-def mlp_gradient_norms(model: MLP, inputs: torch.Tensor, targets: torch.Tensor,
-                       loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> dict[str, torch.Tensor]:
-    """One forward and backward pass; the gradient norm of every layer, two ways.
+def mlp_gradient_norms(
+    model: MLP,
+    inputs: torch.Tensor,
+    targets: torch.Tensor,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+) -> dict[str, torch.Tensor]:
+    """One forward and backward pass; the gradient norm of every layer, two
+    ways.
 
     Returns:
-        ``{"weights": (depth,), "activations": (depth,)}``: ``||dL/dW_l||`` of each linear layer's weight,
-        and ``||dL/ds_l||`` of its output ``s_l`` (the back-propagated gradient, summed over the batch
-        as autograd gives it). Layer 0 is the input layer. The model's ``.grad`` fields are left set.
+        ``{"weights": (depth,), "activations": (depth,)}``: ``||dL/dW_l||``
+            of each linear layer's weight,
+        and ``||dL/ds_l||`` of its output ``s_l`` (the back-propagated
+            gradient, summed over the batch
+        as autograd gives it). Layer 0 is the input layer. The model's
+            ``.grad`` fields are left set.
 
     Raises:
         TypeError: ``model`` is not a :class:`~gradcourse.models.MLP`.
     """
     if not isinstance(model, MLP):
-        raise TypeError(f"model must be a gradcourse.models.MLP, got {type(model).__name__}")
+        raise TypeError(
+            "model must be a gradcourse.models.MLP, got "
+            f"{type(model).__name__}"
+        )
     model.zero_grad(set_to_none=True)
     outputs, pre_activations = model(inputs, return_pre_activations=True)
     for pre_activation in pre_activations:
         pre_activation.retain_grad()
     loss_fn(outputs, targets).backward()
     weights = [layer.weight for layer in model.linears]
-    return {"weights": torch.stack([w.grad.norm() if w.grad is not None else w.new_zeros(()) for w in weights]),
-            "activations": torch.stack([s.grad.norm() for s in pre_activations])}
+    return {
+        "weights": torch.stack(
+            [
+                w.grad.norm() if w.grad is not None else w.new_zeros(())
+                for w in weights
+            ]
+        ),
+        "activations": torch.stack(
+            [s.grad.norm() for s in pre_activations]
+        ),
+    }
 
 
-def hidden_state_gradients(rnn: RNN, inputs: torch.Tensor,
-                           loss_fn: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
-    """``||dL/dh_k||`` for every step ``k``: how much the loss depends on the hidden state at each step.
+def hidden_state_gradients(
+    rnn: RNN,
+    inputs: torch.Tensor,
+    loss_fn: Callable[[torch.Tensor], torch.Tensor],
+) -> torch.Tensor:
+    """``||dL/dh_k||`` for every step ``k``: how much the loss depends on
+    the hidden state at each step.
 
-    ``loss_fn(outputs)`` turns the ``(B, T, ...)`` outputs into the scalar loss; to study the loss at step
-    ``t`` alone use e.g. ``lambda outputs: outputs[:, t].pow(2).sum()``. The gradient with respect to
-    ``h_k`` is the total one: through ``h_{k+1}`` and, if the loss reads it, through step ``k``'s output.
+    ``loss_fn(outputs)`` turns the ``(B, T, ...)`` outputs into the scalar
+    loss; to study the loss at step ``t`` alone use e.g. ``lambda outputs:
+    outputs[:, t].pow(2).sum()``. The gradient with respect to ``h_k`` is
+    the total one: through ``h_{k+1}`` and, if the loss reads it, through
+    step ``k``'s output.
 
     Returns:
-        ``(T,)`` norms (over the batch and the hidden units). Steps after the last one the loss reads are 0.
+        ``(T,)`` norms (over the batch and the hidden units). Steps after
+            the last one the loss reads are 0.
 
     Raises:
         TypeError: ``rnn`` is not a :class:`~gradcourse.models.RNN`.
     """
     if not isinstance(rnn, RNN):
-        raise TypeError(f"rnn must be a gradcourse.models.RNN, got {type(rnn).__name__}")
+        raise TypeError(
+            f"rnn must be a gradcourse.models.RNN, got {type(rnn).__name__}"
+        )
     outputs, states = rnn(inputs, return_states=True)
     for state in states:
         state.retain_grad()
     rnn.zero_grad(set_to_none=True)
     loss_fn(outputs).backward()
-    return torch.stack([state.grad.norm() if state.grad is not None else state.new_zeros(()) for state in states])
+    return torch.stack(
+        [
+            state.grad.norm()
+            if state.grad is not None
+            else state.new_zeros(())
+            for state in states
+        ]
+    )

@@ -1,8 +1,10 @@
-"""The house style of every figure in the book, and the diagnostic plots that several chapters share.
+"""The house style of every figure in the book, and the diagnostic plots
+that several chapters share.
 
-Taught in: used by every chapter; per-layer gradient histograms first appear in Chapter 2.
-Every figure is made with :func:`subplots` and labelled with :func:`label`, which refuses an empty
-axis label: a figure without axis names and units is not allowed in the book.
+Taught in: used by every chapter; per-layer gradient histograms first appear
+in Chapter 2. Every figure is made with :func:`subplots` and labelled with
+:func:`label`, which refuses an empty axis label: a figure without axis
+names and units is not allowed in the book.
 """
 
 from __future__ import annotations
@@ -48,13 +50,21 @@ _STYLE = {
 
 
 def use_style() -> None:
-    """Apply the house style to matplotlib's global settings (idempotent)."""
+    """Apply the house style to matplotlib's global settings
+    (idempotent)."""
     mpl.rcParams.update(_STYLE)
 
 
-def subplots(nrows: int = 1, ncols: int = 1, *, width: float | None = None,
-             height: float | None = None, **kwargs) -> tuple[Figure, Axes | np.ndarray]:
-    """``plt.subplots`` in the house style; ``width``/``height`` in inches default to 5.2 x 3.6 per panel.
+def subplots(
+    nrows: int = 1,
+    ncols: int = 1,
+    *,
+    width: float | None = None,
+    height: float | None = None,
+    **kwargs,
+) -> tuple[Figure, Axes | np.ndarray]:
+    """``plt.subplots`` in the house style; ``width``/``height`` in inches
+    default to 5.2 x 3.6 per panel.
 
     Raises:
         TypeError: ``nrows`` or ``ncols`` is not an int.
@@ -65,38 +75,55 @@ def subplots(nrows: int = 1, ncols: int = 1, *, width: float | None = None,
     width = 5.2 * ncols if width is None else width
     height = 3.6 * nrows if height is None else height
     if not (width > 0 and height > 0):
-        raise ValueError(f"width and height must be > 0 inches, got {width} x {height}")
+        raise ValueError(
+            f"width and height must be > 0 inches, got {width} x {height}"
+        )
     use_style()
     return plt.subplots(nrows, ncols, figsize=(width, height), **kwargs)
 
 
-def label(ax: Axes, xlabel: str, ylabel: str, title: str | None = None) -> None:
-    """Name both axes (with units, e.g. ``"step size h"``, ``"|error| (log scale)"``) and, optionally, the panel.
+def label(
+    ax: Axes, xlabel: str, ylabel: str, title: str | None = None
+) -> None:
+    """Name both axes (with units, e.g. ``"step size h"``, ``"|error| (log
+    scale)"``) and, optionally, the panel.
 
     Raises:
         TypeError: ``ax`` is not a matplotlib ``Axes``.
         ValueError: an axis label is empty or not a string.
     """
     if not isinstance(ax, Axes):
-        raise TypeError(f"ax must be a matplotlib Axes, got {type(ax).__name__}")
+        raise TypeError(
+            f"ax must be a matplotlib Axes, got {type(ax).__name__}"
+        )
     for which, text in (("xlabel", xlabel), ("ylabel", ylabel)):
         if not isinstance(text, str) or not text.strip():
-            raise ValueError(f"{which} must be a non-empty string, got {text!r}")
+            raise ValueError(
+                f"{which} must be a non-empty string, got {text!r}"
+            )
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     if title is not None:
         ax.set_title(title)
 
 
-def layer_histograms(values: Mapping[str, torch.Tensor], *, bins: int = 60,
-                     log_magnitude: bool = False, xlabel: str = "gradient value") -> Figure:
-    """One histogram panel per layer, side by side, of the entries of each tensor (e.g. each ``.grad``).
+def layer_histograms(
+    values: Mapping[str, torch.Tensor],
+    *,
+    bins: int = 60,
+    log_magnitude: bool = False,
+    xlabel: str = "gradient value",
+) -> Figure:
+    """One histogram panel per layer, side by side, of the entries of each
+    tensor (e.g. each ``.grad``).
 
     Args:
-        values: ``{layer name: tensor of any shape}``, drawn left to right in the mapping's order.
+        values: ``{layer name: tensor of any shape}``, drawn left to right
+            in the mapping's order.
         bins: the number of bins, >= 1.
-        log_magnitude: histogram ``log10(|value|)`` (zeros left out) instead of the values: the view
-            that shows gradients spanning many orders of magnitude.
+        log_magnitude: histogram ``log10(|value|)`` (zeros left out) instead
+            of the values: the view that shows gradients spanning many
+            orders of magnitude.
         xlabel: the name and unit of the values.
 
     Raises:
@@ -104,45 +131,75 @@ def layer_histograms(values: Mapping[str, torch.Tensor], *, bins: int = 60,
         ValueError: ``values`` is empty, or ``bins`` < 1.
     """
     if not isinstance(values, Mapping):
-        raise TypeError(f"values must be a mapping of name -> tensor, got {type(values).__name__}")
+        raise TypeError(
+            "values must be a mapping of name -> tensor, got "
+            f"{type(values).__name__}"
+        )
     if not values:
         raise ValueError("values is empty: nothing to plot")
     check_positive_int("bins", bins)
     for name, tensor in values.items():
         if not isinstance(tensor, torch.Tensor):
-            raise TypeError(f"values[{name!r}] must be a tensor, got {type(tensor).__name__}")
-    fig, axes = subplots(1, len(values), width=3.2 * len(values), height=2.8, squeeze=False)
+            raise TypeError(
+                f"values[{name!r}] must be a tensor, got "
+                f"{type(tensor).__name__}"
+            )
+    fig, axes = subplots(
+        1, len(values), width=3.2 * len(values), height=2.8, squeeze=False
+    )
     for ax, (name, tensor) in zip(axes[0], values.items()):
         entries = tensor.detach().double().cpu().flatten().numpy()
         if log_magnitude:
             entries = np.log10(np.abs(entries[entries != 0]))
         ax.hist(entries, bins=bins, color=PALETTE[0])
-        label(ax, f"log10 |{xlabel}|" if log_magnitude else xlabel, "count", title=name)
+        label(
+            ax,
+            f"log10 |{xlabel}|" if log_magnitude else xlabel,
+            "count",
+            title=name,
+        )
     return fig
 
 
 def _check_history(history: Mapping, *keys: str) -> None:
     if not isinstance(history, Mapping):
-        raise TypeError(f"history must be a GradientMonitor history (a mapping), got {type(history).__name__}")
+        raise TypeError(
+            "history must be a GradientMonitor history (a mapping), got "
+            f"{type(history).__name__}"
+        )
     missing = [key for key in keys if key not in history]
     if missing:
-        raise ValueError(f"history has no {missing}: was it recorded (histograms=True, update_ratios=True)?")
+        raise ValueError(
+            f"history has no {missing}: was it recorded (histograms=True, "
+            "update_ratios=True)?"
+        )
     if not len(history[keys[0]]):
         raise ValueError("history is empty: no step was recorded")
 
 
 def norm_heatmap(history: Mapping) -> Figure:
-    """Per-layer gradient norm over steps (Chapter 9), colour in log10; layers top to bottom in model order.
+    """Per-layer gradient norm over steps (Chapter 9), colour in log10;
+    layers top to bottom in model order.
 
     ``history`` is :attr:`gradcourse.monitor.GradientMonitor.history`.
     """
     _check_history(history, "layer_norms", "steps", "layer_names")
     norms = np.log10(np.maximum(history["layer_norms"].T, 1e-30))
-    fig, ax = subplots(width=8.0, height=0.22 * len(history["layer_names"]) + 1.6)
+    fig, ax = subplots(
+        width=8.0, height=0.22 * len(history["layer_names"]) + 1.6
+    )
     steps = history["steps"]
-    image = ax.imshow(norms, aspect="auto", interpolation="nearest",
-                      extent=(steps[0] - 0.5, steps[-1] + 0.5, len(norms) - 0.5, -0.5))
-    ax.set_yticks(range(len(history["layer_names"])), history["layer_names"], fontsize=7)
+    image = ax.imshow(
+        norms,
+        aspect="auto",
+        interpolation="nearest",
+        extent=(steps[0] - 0.5, steps[-1] + 0.5, len(norms) - 0.5, -0.5),
+    )
+    ax.set_yticks(
+        range(len(history["layer_names"])),
+        history["layer_names"],
+        fontsize=7,
+    )
     ax.grid(False)
     fig.colorbar(image, ax=ax, label="log10 gradient norm")
     label(ax, "step", "layer", "Per-layer gradient norm")
@@ -150,29 +207,58 @@ def norm_heatmap(history: Mapping) -> Figure:
 
 
 def histogram_over_time(history: Mapping, layer: str) -> Figure:
-    """The histogram of one layer's gradient values at each recorded step, as an image (Chapter 9)."""
-    _check_history(history, "histograms", "histogram_steps", "bin_edges", "layer_names")
+    """The histogram of one layer's gradient values at each recorded step,
+    as an image (Chapter 9)."""
+    _check_history(
+        history, "histograms", "histogram_steps", "bin_edges", "layer_names"
+    )
     if layer not in history["layer_names"]:
-        raise ValueError(f"layer {layer!r} is not in the history; layers: {history['layer_names']}")
-    counts = history["histograms"][:, history["layer_names"].index(layer)]          # (H, bins)
+        raise ValueError(
+            f"layer {layer!r} is not in the history; layers: "
+            f"{history['layer_names']}"
+        )
+    # (H, bins)
+    counts = history["histograms"][:, history["layer_names"].index(layer)]
     fraction = counts / np.maximum(counts.sum(1, keepdims=True), 1)
     edges, steps = history["bin_edges"], history["histogram_steps"]
     fig, ax = subplots(width=7.0)
-    image = ax.imshow(fraction.T, aspect="auto", origin="lower", interpolation="nearest",
-                      extent=(steps[0] - 0.5, steps[-1] + 0.5, edges[0], edges[-1]))
+    image = ax.imshow(
+        fraction.T,
+        aspect="auto",
+        origin="lower",
+        interpolation="nearest",
+        extent=(steps[0] - 0.5, steps[-1] + 0.5, edges[0], edges[-1]),
+    )
     ax.grid(False)
     fig.colorbar(image, ax=ax, label="fraction of the layer's entries")
-    label(ax, "step", "log10 |gradient|" if history.get("log_magnitude", True) else "gradient value",
-          f"Gradient histogram over time: {layer}")
+    label(
+        ax,
+        "step",
+        "log10 |gradient|"
+        if history.get("log_magnitude", True)
+        else "gradient value",
+        f"Gradient histogram over time: {layer}",
+    )
     return fig
 
 
 def update_ratio_lines(history: Mapping) -> Figure:
-    """Update-to-weight ratio of every layer over the steps where it was measured (Chapter 9), log scale."""
+    """Update-to-weight ratio of every layer over the steps where it was
+    measured (Chapter 9), log scale."""
     _check_history(history, "update_ratios", "steps", "layer_names")
     measured = ~np.isnan(history["update_ratios"]).all(1)
     fig, ax = subplots(width=7.0)
-    for layer, name in enumerate(history["layer_names"]):
-        ax.semilogy(history["steps"][measured], history["update_ratios"][measured, layer], linewidth=1, alpha=0.7)
-    label(ax, "step", "||update|| / ||weights|| (per layer)", "Update-to-weight ratio, one line per layer")
+    for layer in range(len(history["layer_names"])):
+        ax.semilogy(
+            history["steps"][measured],
+            history["update_ratios"][measured, layer],
+            linewidth=1,
+            alpha=0.7,
+        )
+    label(
+        ax,
+        "step",
+        "||update|| / ||weights|| (per layer)",
+        "Update-to-weight ratio, one line per layer",
+    )
     return fig

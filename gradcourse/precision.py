@@ -1,7 +1,9 @@
-"""Gradients in low precision, and the memory autograd keeps for the backward pass.
+"""Gradients in low precision, and the memory autograd keeps for the
+backward pass.
 
-Taught in: Chapter 10 (gradients at scale): what float16 does to real gradients with and without a loss
-scale, and how many bytes of activations a forward pass saves (with and without checkpointing).
+Taught in: Chapter 10 (gradients at scale): what float16 does to real
+gradients with and without a loss scale, and how many bytes of activations a
+forward pass saves (with and without checkpointing).
 """
 
 from __future__ import annotations
@@ -12,44 +14,73 @@ from typing import Any
 import torch
 
 
-def low_precision_fate(gradients: Iterable[torch.Tensor], scale: float = 1.0,
-                       dtype: torch.dtype = torch.float16) -> dict[str, float]:
-    """What happens to gradient entries multiplied by ``scale`` and cast to ``dtype``.
+def low_precision_fate(
+    gradients: Iterable[torch.Tensor],
+    scale: float = 1.0,
+    dtype: torch.dtype = torch.float16,
+) -> dict[str, float]:
+    """What happens to gradient entries multiplied by ``scale`` and cast to
+    ``dtype``.
 
-    Returns the fractions of the **nonzero** entries that ``"underflow"`` (become exactly 0), land among
-    the ``"subnormal"`` numbers (below the smallest normal: precision lost) or ``"overflow"`` (become
-    ``inf``). Counted on the device; three numbers come back.
+    Returns the fractions of the **nonzero** entries that ``"underflow"``
+    (become exactly 0), land among the ``"subnormal"`` numbers (below the
+    smallest normal: precision lost) or ``"overflow"`` (become ``inf``).
+    Counted on the device; three numbers come back.
 
     Raises:
-        TypeError: ``gradients`` holds something that is not a floating-point tensor.
-        ValueError: ``scale`` is not a finite number > 0, or there is no nonzero entry.
+        TypeError: ``gradients`` holds something that is not a
+            floating-point tensor.
+        ValueError: ``scale`` is not a finite number > 0, or there is no
+            nonzero entry.
     """
     if not (isinstance(scale, (int, float)) and 0 < scale < float("inf")):
-        raise ValueError(f"scale must be a finite number > 0, got {scale!r}")
+        raise ValueError(
+            f"scale must be a finite number > 0, got {scale!r}"
+        )
     info = torch.finfo(dtype)
     counts = None
     for gradient in gradients:
-        if not isinstance(gradient, torch.Tensor) or not gradient.is_floating_point():
-            raise TypeError(f"gradients must be floating-point tensors, got {type(gradient).__name__}")
+        if (
+            not isinstance(gradient, torch.Tensor)
+            or not gradient.is_floating_point()
+        ):
+            raise TypeError(
+                "gradients must be floating-point tensors, got "
+                f"{type(gradient).__name__}"
+            )
         values = gradient.detach().reshape(-1).double() * scale
         values = values[values != 0]
         cast = values.to(dtype)
-        step = torch.stack([torch.tensor(values.numel(), device=values.device, dtype=torch.float64),
-                            (cast == 0).sum().double(),
-                            ((cast != 0) & (cast.abs() < info.tiny)).sum().double(),
-                            torch.isinf(cast).sum().double()])
+        step = torch.stack(
+            [
+                torch.tensor(
+                    values.numel(),
+                    device=values.device,
+                    dtype=torch.float64,
+                ),
+                (cast == 0).sum().double(),
+                ((cast != 0) & (cast.abs() < info.tiny)).sum().double(),
+                torch.isinf(cast).sum().double(),
+            ]
+        )
         counts = step if counts is None else counts + step
     if counts is None or counts[0] == 0:
         raise ValueError("no nonzero gradient entry to count")
     total, underflow, subnormal, overflow = counts.tolist()
-    return {"underflow": underflow / total, "subnormal": subnormal / total, "overflow": overflow / total}
+    return {
+        "underflow": underflow / total,
+        "subnormal": subnormal / total,
+        "overflow": overflow / total,
+    }
 
 
 def saved_tensor_bytes(function: Callable[[], Any]) -> tuple[Any, int]:
-    """Run ``function()`` and count the bytes of the tensors autograd saves for the backward pass.
+    """Run ``function()`` and count the bytes of the tensors autograd saves
+    for the backward pass.
 
-    Uses ``torch.autograd.graph.saved_tensors_hooks``; a storage saved twice (a parameter used by two
-    operations, a view of a saved tensor) counts once. Returns ``(function's result, bytes)``.
+    Uses ``torch.autograd.graph.saved_tensors_hooks``; a storage saved twice
+    (a parameter used by two operations, a view of a saved tensor) counts
+    once. Returns ``(function's result, bytes)``.
     """
     storages: dict[int, int] = {}
 
@@ -58,6 +89,8 @@ def saved_tensor_bytes(function: Callable[[], Any]) -> tuple[Any, int]:
         storages[storage.data_ptr()] = storage.nbytes()
         return tensor
 
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+    with torch.autograd.graph.saved_tensors_hooks(
+        pack, lambda tensor: tensor
+    ):
         result = function()
     return result, sum(storages.values())

@@ -60,7 +60,9 @@ def train(
     """
     check_positive_int("steps", steps)
     if clip_norm is not None and not clip_norm > 0:
-        raise ValueError(f"clip_norm must be > 0 or None, got {clip_norm!r}")
+        raise ValueError(
+            f"clip_norm must be > 0 or None, got {clip_norm!r}"
+        )
     if monitor is not None and monitor.model is not model:
         raise ValueError(
             "monitor watches another model: build it with "
@@ -78,7 +80,9 @@ def train(
     for step in bar:
         batch = next(batch_iterator, _RAN_OUT)
         if batch is _RAN_OUT:
-            raise ValueError(f"batches ran out at step {step}: need {steps}")
+            raise ValueError(
+                f"batches ran out at step {step}: need {steps}"
+            )
         optimizer.zero_grad(set_to_none=True)
         loss = loss_fn(model, batch)
         (scaler.scale(loss) if scaler is not None else loss).backward()
@@ -98,7 +102,8 @@ def train(
         if clip_norm is not None:
             nn.utils.clip_grad_norm_(model.parameters(), clip_norm)
         if scaler is not None:
-            scaler.step(optimizer)  # skips the step if a gradient is not finite
+            # skips the step if a gradient is not finite
+            scaler.step(optimizer)
             scaler.update()
         else:
             optimizer.step()
@@ -110,23 +115,35 @@ def train(
     return torch.stack(losses).tolist()
 
 
-def accumulate_gradients(model: nn.Module, micro_batches: list[Any],
-                         per_example_loss: Callable[[nn.Module, Any], torch.Tensor], *,
-                         normalize: str = "examples") -> int:
-    """Set ``.grad`` to the gradient accumulated over several micro-batches, one backward at a time.
+def accumulate_gradients(
+    model: nn.Module,
+    micro_batches: list[Any],
+    per_example_loss: Callable[[nn.Module, Any], torch.Tensor],
+    *,
+    normalize: str = "examples",
+) -> int:
+    """Set ``.grad`` to the gradient accumulated over several micro-batches,
+    one backward at a time.
 
-    Taught in: Chapter 10. ``per_example_loss(model, batch)`` returns one loss per example. With
-    ``normalize="examples"`` the micro-batches' summed losses are back-propagated and the gradients divided
-    by the total number of examples at the end: the gradient of the union's mean loss, exact for
-    micro-batches of any sizes. ``normalize="micro_batches"`` back-propagates each micro-batch's mean
-    divided by the number of micro-batches (``loss / k``, the common recipe): exact only when all sizes are
-    equal. Existing gradients are cleared first. Returns the total number of examples.
+    Taught in: Chapter 10. ``per_example_loss(model, batch)`` returns one
+    loss per example. With ``normalize="examples"`` the micro-batches'
+    summed losses are back-propagated and the gradients divided by the total
+    number of examples at the end: the gradient of the union's mean loss,
+    exact for micro-batches of any sizes. ``normalize="micro_batches"``
+    back-propagates each micro-batch's mean divided by the number of
+    micro-batches (``loss / k``, the common recipe): exact only when all
+    sizes are equal. Existing gradients are cleared first. Returns the total
+    number of examples.
 
     Raises:
-        ValueError: an unknown ``normalize``, no micro-batch, or a micro-batch with no example.
+        ValueError: an unknown ``normalize``, no micro-batch, or a
+            micro-batch with no example.
     """
     if normalize not in ("examples", "micro_batches"):
-        raise ValueError(f"normalize must be 'examples' or 'micro_batches', got {normalize!r}")
+        raise ValueError(
+            "normalize must be 'examples' or 'micro_batches', got "
+            f"{normalize!r}"
+        )
     micro_batches = list(micro_batches)
     if not micro_batches:
         raise ValueError("micro_batches is empty: nothing to accumulate")
@@ -135,9 +152,16 @@ def accumulate_gradients(model: nn.Module, micro_batches: list[Any],
     for index, batch in enumerate(micro_batches):
         losses = per_example_loss(model, batch)
         if losses.numel() == 0:
-            raise ValueError(f"micro-batch {index} has no example (per_example_loss returned an empty tensor)")
+            raise ValueError(
+                f"micro-batch {index} has no example (per_example_loss "
+                "returned an empty tensor)"
+            )
         total += losses.numel()
-        (losses.sum() if normalize == "examples" else losses.mean() / len(micro_batches)).backward()
+        (
+            losses.sum()
+            if normalize == "examples"
+            else losses.mean() / len(micro_batches)
+        ).backward()
     if normalize == "examples":
         for parameter in model.parameters():
             if parameter.grad is not None:

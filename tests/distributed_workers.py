@@ -1,4 +1,5 @@
-"""Workers for tests/test_distributed.py: importable by name, as spawned processes need."""
+"""Workers for tests/test_distributed.py: importable by name, as spawned
+processes need."""
 
 import os
 import signal
@@ -19,7 +20,8 @@ def unpicklable(rank: int, world_size: int):
 
 
 def dies(rank: int, world_size: int, how: str) -> None:
-    """Rank 1 ends abruptly; rank 0 waits in a collective that can never complete."""
+    """Rank 1 ends abruptly; rank 0 waits in a collective that can never
+    complete."""
     if rank == 1:
         if how == "exit":
             os._exit(3)
@@ -29,9 +31,13 @@ def dies(rank: int, world_size: int, how: str) -> None:
 
 def starts_a_process(rank: int, world_size: int) -> int:
     """Starts a long sleep and returns its pid without waiting for it."""
-    return subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"]).pid
+    return subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(120)"]
+    ).pid
 
 
 def uses_a_dataloader(rank: int, world_size: int) -> float:
-    loader = torch.utils.data.DataLoader(torch.arange(8.0), batch_size=4, num_workers=1)
+    loader = torch.utils.data.DataLoader(
+        torch.arange(8.0), batch_size=4, num_workers=1
+    )
     return float(sum(batch.sum() for batch in loader))

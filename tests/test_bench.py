@@ -10,25 +10,57 @@ from gradcourse.embedding import METHODS
 def test_embedding_bench_measures_every_variant_relative_to_pytorch():
     rows, distinct_ids = run(vocab=200, dim=8, tokens=300, rounds=2)
     names = [row.name for row in rows]
-    assert names[:2] == ["pytorch dense", "pytorch sparse (uncoalesced)"] and names[2:] == list(METHODS)
+    assert names[:2] == [
+        "pytorch dense",
+        "pytorch sparse (uncoalesced)",
+    ] and names[2:] == list(METHODS)
     assert rows[0].relative == 1.0
     assert all(row.seconds > 0 for row in rows)
-    assert all(row.gigabytes_per_second > 0 for row in rows if not row.is_view)
+    assert all(
+        row.gigabytes_per_second > 0 for row in rows if not row.is_view
+    )
     assert 1 <= distinct_ids <= 200
 
 
 def test_embedding_bench_counts_dense_and_sparse_gradient_bytes():
-    rows, _ = run(vocab=100, dim=4, tokens=50, methods=("index_add",), rounds=1)
+    rows, _ = run(
+        vocab=100, dim=4, tokens=50, methods=("index_add",), rounds=1
+    )
     by_name = {row.name: row for row in rows}
-    assert by_name["pytorch dense"].gradient_bytes == 100 * 4 * 4              # every row, float32
-    assert by_name["pytorch sparse (uncoalesced)"].gradient_bytes == 50 * (4 * 4 + 8)  # one row + id per token
+    # every row, float32
+    assert by_name["pytorch dense"].gradient_bytes == 100 * 4 * 4
+    # one row + id per token
+    assert by_name["pytorch sparse (uncoalesced)"].gradient_bytes == 50 * (
+        4 * 4 + 8
+    )
 
 
 def test_embedding_bench_cli_prints_the_table(capsys):
-    assert main(["embedding", "--vocab", "100", "--dim", "8", "--tokens", "64", "--rounds", "1",
-                 "--methods", "index_add", "one_hot"]) == 0
+    assert (
+        main(
+            [
+                "embedding",
+                "--vocab",
+                "100",
+                "--dim",
+                "8",
+                "--tokens",
+                "64",
+                "--rounds",
+                "1",
+                "--methods",
+                "index_add",
+                "one_hot",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
-    assert "pytorch dense" in out and "index_add" in out and "vs pytorch" in out
+    assert (
+        "pytorch dense" in out
+        and "index_add" in out
+        and "vs pytorch" in out
+    )
 
 
 def test_embedding_bench_cli_refuses_a_non_positive_size():
@@ -41,7 +73,10 @@ def test_embedding_bench_refuses_an_unknown_dtype():
         run(vocab=10, dim=2, tokens=5, dtype="int8")
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on a machine without CUDA")
+@pytest.mark.skipif(
+    torch.cuda.is_available(),
+    reason="checks the error on a machine without CUDA",
+)
 def test_embedding_bench_refuses_cuda_where_there_is_none():
     with pytest.raises(ValueError, match="CUDA is not available"):
         run(vocab=10, dim=2, tokens=5, device="cuda")
@@ -49,9 +84,15 @@ def test_embedding_bench_refuses_cuda_where_there_is_none():
 
 def test_time_interleaved_runs_every_variant_each_round():
     calls = {"a": 0, "b": 0}
-    seconds = time_interleaved({"a": lambda: calls.__setitem__("a", calls["a"] + 1),
-                                "b": lambda: calls.__setitem__("b", calls["b"] + 1)},
-                               torch.device("cpu"), rounds=3, warmup=1)
+    seconds = time_interleaved(
+        {
+            "a": lambda: calls.__setitem__("a", calls["a"] + 1),
+            "b": lambda: calls.__setitem__("b", calls["b"] + 1),
+        },
+        torch.device("cpu"),
+        rounds=3,
+        warmup=1,
+    )
     assert calls == {"a": 4, "b": 4} and set(seconds) == {"a", "b"}
 
 
@@ -60,25 +101,52 @@ def test_time_interleaved_refuses_zero_rounds():
         time_interleaved({"a": lambda: None}, torch.device("cpu"), rounds=0)
 
 
-def test_embedding_bench_reports_pytorchs_sparse_gradient_as_a_view_of_grad_output():
-    rows, _ = run(vocab=100, dim=4, tokens=50, methods=("index_add",), rounds=1)
+def test_embedding_bench_sparse_gradient_is_a_view_of_grad_output():
+    rows, _ = run(
+        vocab=100, dim=4, tokens=50, methods=("index_add",), rounds=1
+    )
     by_name = {row.name: row for row in rows}
     assert by_name["pytorch sparse (uncoalesced)"].is_view
-    assert by_name["pytorch sparse (uncoalesced)"].gigabytes_per_second is None
+    assert (
+        by_name["pytorch sparse (uncoalesced)"].gigabytes_per_second is None
+    )
     assert not by_name["pytorch dense"].is_view
 
 
 def test_monitor_bench_times_every_variant_against_no_monitor():
-    from gradcourse.bench.monitor import VARIANTS, run as run_monitor
+    from gradcourse.bench.monitor import VARIANTS
+    from gradcourse.bench.monitor import run as run_monitor
 
-    rows = run_monitor(vocab=50, d_model=16, layers=1, heads=2, length=8, batch=2, rounds=2)
+    rows = run_monitor(
+        vocab=50, d_model=16, layers=1, heads=2, length=8, batch=2, rounds=2
+    )
     assert [row.name for row in rows] == list(VARIANTS)
     assert rows[0].overhead == 0 and all(row.seconds > 0 for row in rows)
 
 
 def test_monitor_bench_cli_prints_the_table(capsys):
-    assert main(["monitor", "--vocab", "50", "--d-model", "16", "--layers", "1", "--heads", "2", "--length", "8",
-                 "--batch", "2", "--rounds", "1"]) == 0
+    assert (
+        main(
+            [
+                "monitor",
+                "--vocab",
+                "50",
+                "--d-model",
+                "16",
+                "--layers",
+                "1",
+                "--heads",
+                "2",
+                "--length",
+                "8",
+                "--batch",
+                "2",
+                "--rounds",
+                "1",
+            ]
+        )
+        == 0
+    )
     assert "GradientMonitor" in capsys.readouterr().out
 
 

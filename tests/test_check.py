@@ -13,7 +13,11 @@ def test_compare_reports_exact_for_identical_values(capsys):
 
 
 def test_compare_reports_close_with_the_max_abs_diff(capsys):
-    assert compare("w", torch.tensor([1.0 + 1e-12], dtype=torch.float64), torch.tensor([1.0], dtype=torch.float64))
+    assert compare(
+        "w",
+        torch.tensor([1.0 + 1e-12], dtype=torch.float64),
+        torch.tensor([1.0], dtype=torch.float64),
+    )
     out = capsys.readouterr().out
     assert out.startswith("w: close") and "max abs diff" in out
 
@@ -29,11 +33,15 @@ def test_compare_accepts_numpy_arrays_and_numbers():
 
 
 def test_compare_never_calls_nan_close():
-    assert not compare("nan", torch.tensor([math.nan]), torch.tensor([math.nan]))
+    assert not compare(
+        "nan", torch.tensor([math.nan]), torch.tensor([math.nan])
+    )
 
 
 def test_compare_refuses_different_shapes():
-    with pytest.raises(ValueError, match=r"shapes differ: ours \(2,\) vs reference \(3,\)"):
+    with pytest.raises(
+        ValueError, match=r"shapes differ: ours \(2,\) vs reference \(3,\)"
+    ):
         compare("w", torch.zeros(2), torch.zeros(3))
 
 
@@ -68,14 +76,20 @@ def test_finite_difference_grad_keeps_shape_and_leaves_x_unchanged():
 
 
 @pytest.mark.parametrize("eps", [0.0, -1e-6, math.inf, math.nan])
-def test_finite_difference_grad_refuses_a_non_positive_or_non_finite_eps(eps):
+def test_finite_difference_grad_refuses_a_non_positive_or_non_finite_eps(
+    eps,
+):
     with pytest.raises(ValueError, match="eps"):
-        finite_difference_grad(lambda v: v.sum(), torch.zeros(2, dtype=torch.float64), eps=eps)
+        finite_difference_grad(
+            lambda v: v.sum(), torch.zeros(2, dtype=torch.float64), eps=eps
+        )
 
 
 def test_finite_difference_grad_refuses_an_integer_tensor():
     with pytest.raises(TypeError, match="floating-point"):
-        finite_difference_grad(lambda v: v.sum(), torch.zeros(2, dtype=torch.int64))
+        finite_difference_grad(
+            lambda v: v.sum(), torch.zeros(2, dtype=torch.int64)
+        )
 
 
 def test_finite_difference_grad_refuses_a_non_callable():
@@ -85,17 +99,22 @@ def test_finite_difference_grad_refuses_a_non_callable():
 
 def test_finite_difference_grad_refuses_a_function_with_a_vector_output():
     with pytest.raises(ValueError, match="scalar"):
-        finite_difference_grad(lambda v: v * 2, torch.zeros(2, dtype=torch.float64))
+        finite_difference_grad(
+            lambda v: v * 2, torch.zeros(2, dtype=torch.float64)
+        )
 
 
 def test_finite_difference_grad_takes_a_transposed_input():
-    x = torch.arange(6, dtype=torch.float64).reshape(2, 3).T   # not contiguous
+    # not contiguous
+    x = torch.arange(6, dtype=torch.float64).reshape(2, 3).T
     grad = finite_difference_grad(lambda value: (value**2).sum(), x)
     assert grad.shape == x.shape
     assert_close("d sum(x^2)/dx = 2x", grad, 2 * x, atol=1e-8)
 
 
 def test_complex_values_are_compared_with_their_imaginary_part():
-    assert not compare("complex", torch.tensor(1 + 1j), torch.tensor(1 + 2j))
+    assert not compare(
+        "complex", torch.tensor(1 + 1j), torch.tensor(1 + 2j)
+    )
     assert not compare("python complex", 1 + 1j, 1 + 2j)
     assert compare("same", np.array([1 + 2j]), torch.tensor([1 + 2j]))

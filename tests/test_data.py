@@ -6,9 +6,17 @@ import sys
 import pytest
 import torch
 
-from gradcourse.data import (END_OF_WORD, CharTokenizer, WordTokenizer, encode, random_windows, stdlib_corpus,
-                             train_bpe,
-                             words, zipf_token_ids)
+from gradcourse.data import (
+    END_OF_WORD,
+    CharTokenizer,
+    WordTokenizer,
+    encode,
+    random_windows,
+    stdlib_corpus,
+    train_bpe,
+    words,
+    zipf_token_ids,
+)
 
 
 def test_zipf_ids_are_in_range_with_the_requested_count():
@@ -18,7 +26,9 @@ def test_zipf_ids_are_in_range_with_the_requested_count():
 
 
 def test_zipf_ids_repeat_for_the_same_seed():
-    assert torch.equal(zipf_token_ids(100, 20, seed=1), zipf_token_ids(100, 20, seed=1))
+    assert torch.equal(
+        zipf_token_ids(100, 20, seed=1), zipf_token_ids(100, 20, seed=1)
+    )
 
 
 def test_zipf_frequencies_follow_the_power_law():
@@ -29,7 +39,9 @@ def test_zipf_frequencies_follow_the_power_law():
 
 
 def test_zipf_exponent_zero_is_uniform():
-    counts = torch.bincount(zipf_token_ids(100_000, 10, exponent=0.0), minlength=10).double()
+    counts = torch.bincount(
+        zipf_token_ids(100_000, 10, exponent=0.0), minlength=10
+    ).double()
     assert (counts / counts.mean() - 1).abs().max() < 0.05
 
 
@@ -55,17 +67,31 @@ def test_stdlib_corpus_is_deterministic_and_can_be_truncated():
     assert stdlib_corpus(1000) == stdlib_corpus()[:1000]
 
 
-# sha256 of the shipped text: the same corpus on every Python (rebuilt only by tools/build_corpus.py)
-CORPUS_SHA256 = "5a6c0ab0bbc38bc115b6c9068b1bc1580ae8e9b7e55596d360972d2ceff0392b"
+# sha256 of the shipped text: the same corpus on every Python (rebuilt only
+# by tools/build_corpus.py)
+CORPUS_SHA256 = (
+    "5a6c0ab0bbc38bc115b6c9068b1bc1580ae8e9b7e55596d360972d2ceff0392b"
+)
 
 
 def test_stdlib_corpus_is_the_shipped_text():
-    assert hashlib.sha256(stdlib_corpus().encode("utf-8")).hexdigest() == CORPUS_SHA256
+    assert (
+        hashlib.sha256(stdlib_corpus().encode("utf-8")).hexdigest()
+        == CORPUS_SHA256
+    )
 
 
 def test_stdlib_corpus_survives_python_minus_OO():
-    script = "import hashlib; from gradcourse.data import stdlib_corpus; print(hashlib.sha256(stdlib_corpus().encode()).hexdigest())"
-    result = subprocess.run([sys.executable, "-OO", "-c", script], capture_output=True, text=True, check=True)
+    script = (
+        "import hashlib; from gradcourse.data import stdlib_corpus; "
+        "print(hashlib.sha256(stdlib_corpus().encode()).hexdigest())"
+    )
+    result = subprocess.run(
+        [sys.executable, "-OO", "-c", script],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert result.stdout.strip() == CORPUS_SHA256
 
 
@@ -106,19 +132,32 @@ def test_word_tokenizer_refuses_text_without_words():
 
 def test_bpe_first_merge_is_the_most_frequent_pair():
     merges = train_bpe("low low low lower newest newest", 1)
-    assert merges == [("l", "o")]  # ("l", "o") and ("o", "w") both occur 4 times; ties break by the pair
+    assert (
+        merges == [("l", "o")]
+        # ("l", "o") and ("o", "w") both occur 4 times; ties break by the
+        # pair
+    )
 
 
 def test_bpe_pieces_join_back_to_the_words():
     text = stdlib_corpus(20_000)
     merges = train_bpe(text, 200)
     pieces = encode("the gradients of an embedding", merges)
-    assert "".join(pieces).replace(END_OF_WORD, " ").split() == ["the", "gradients", "of", "an", "embedding"]
+    assert "".join(pieces).replace(END_OF_WORD, " ").split() == [
+        "the",
+        "gradients",
+        "of",
+        "an",
+        "embedding",
+    ]
 
 
 def test_bpe_shares_a_piece_between_words():
     merges = train_bpe("playing playing running running jumping jumping", 3)
-    endings = [encode(word, merges)[-1] for word in ("playing", "running", "jumping")]
+    endings = [
+        encode(word, merges)[-1]
+        for word in ("playing", "running", "jumping")
+    ]
     assert endings == ["ing</w>"] * 3
 
 
@@ -142,33 +181,46 @@ def test_random_windows_yield_inputs_and_shifted_targets():
     token_ids = torch.arange(100)
     inputs, targets = next(random_windows(token_ids, 4, 10, seed=1))
     assert inputs.shape == targets.shape == (4, 10)
-    assert torch.equal(targets, inputs + 1)              # consecutive ids: the next token is id + 1
+    # consecutive ids: the next token is id + 1
+    assert torch.equal(targets, inputs + 1)
 
 
 def test_random_windows_repeat_for_a_seed():
     from gradcourse.data import random_windows
 
-    first, second = random_windows(torch.arange(50), 3, 5, seed=7), random_windows(torch.arange(50), 3, 5, seed=7)
-    assert all(torch.equal(next(first)[0], next(second)[0]) for _ in range(3))
+    first, second = (
+        random_windows(torch.arange(50), 3, 5, seed=7),
+        random_windows(torch.arange(50), 3, 5, seed=7),
+    )
+    assert all(
+        torch.equal(next(first)[0], next(second)[0]) for _ in range(3)
+    )
 
 
 def test_random_windows_refuse_a_sequence_too_short():
     from gradcourse.data import random_windows
 
-    with pytest.raises(ValueError, match="too few for windows of length 10"):
+    with pytest.raises(
+        ValueError, match="too few for windows of length 10"
+    ):
         next(random_windows(torch.arange(5), 2, 10))
 
 
 def test_random_windows_can_draw_the_last_window():
-    token_ids = torch.arange(6)   # windows of length 4 take 5 tokens: starts 0 and 1
+    # windows of length 4 take 5 tokens: starts 0 and 1
+    token_ids = torch.arange(6)
     batches = random_windows(token_ids, batch_size=64, length=4, seed=0)
     inputs, targets = next(batches)
     assert set(inputs[:, 0].tolist()) == {0, 1}
     assert torch.equal(targets, inputs + 1)
 
 
-@pytest.mark.parametrize("tokenizer", [CharTokenizer("abc"), WordTokenizer("a b c")])
+@pytest.mark.parametrize(
+    "tokenizer", [CharTokenizer("abc"), WordTokenizer("a b c")]
+)
 @pytest.mark.parametrize("bad_id", [-1, 99])
 def test_decode_names_an_id_outside_the_vocabulary(tokenizer, bad_id):
-    with pytest.raises(ValueError, match=f"token id {bad_id} is outside the vocabulary"):
+    with pytest.raises(
+        ValueError, match=f"token id {bad_id} is outside the vocabulary"
+    ):
         tokenizer.decode(torch.tensor([0, bad_id]))

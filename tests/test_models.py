@@ -3,12 +3,25 @@ import torch
 import torch.nn.functional as F
 
 from gradcourse.grads import flat_grad
-from gradcourse.models import MLP, RNN, TinyGPT, is_tied, sinusoidal_positions
+from gradcourse.models import (
+    MLP,
+    RNN,
+    TinyGPT,
+    is_tied,
+    sinusoidal_positions,
+)
 
 
 def small(**kwargs) -> TinyGPT:
     torch.manual_seed(0)
-    return TinyGPT(vocab_size=50, d_model=32, n_layers=2, n_heads=4, max_len=16, **kwargs)
+    return TinyGPT(
+        vocab_size=50,
+        d_model=32,
+        n_layers=2,
+        n_heads=4,
+        max_len=16,
+        **kwargs,
+    )
 
 
 def test_logits_have_shape_batch_length_vocab():
@@ -18,27 +31,40 @@ def test_logits_have_shape_batch_length_vocab():
 def test_tied_model_shares_one_storage_between_embedding_and_head():
     model = small(tie_weights=True)
     assert model.lm_head.weight is model.token_embedding.weight
-    assert len([p for p in model.parameters()]) == len(set(map(id, model.parameters())))
+    assert len([p for p in model.parameters()]) == len(
+        set(map(id, model.parameters()))
+    )
 
 
 def test_untied_model_has_separate_matrices():
     model = small(tie_weights=False)
-    assert model.lm_head.weight.data_ptr() != model.token_embedding.weight.data_ptr()
-    tied_count = sum(p.numel() for p in small(tie_weights=True).parameters())
-    assert sum(p.numel() for p in model.parameters()) - tied_count == 50 * 32
+    assert (
+        model.lm_head.weight.data_ptr()
+        != model.token_embedding.weight.data_ptr()
+    )
+    tied_count = sum(
+        p.numel() for p in small(tie_weights=True).parameters()
+    )
+    assert (
+        sum(p.numel() for p in model.parameters()) - tied_count == 50 * 32
+    )
 
 
 def test_sinusoidal_model_has_no_position_parameters():
     model = small(positional="sinusoidal")
     assert model.position_embedding is None
-    assert not any("position" in name for name, _ in model.named_parameters())
+    assert not any(
+        "position" in name for name, _ in model.named_parameters()
+    )
     assert model(torch.randint(0, 50, (2, 16))).shape == (2, 16, 50)
 
 
 def test_sinusoidal_table_starts_with_sin_zero_and_cos_zero():
     table = sinusoidal_positions(8, 6)
     assert table.shape == (8, 6)
-    assert torch.equal(table[0, 0::2], torch.zeros(3)) and torch.equal(table[0, 1::2], torch.ones(3))
+    assert torch.equal(table[0, 0::2], torch.zeros(3)) and torch.equal(
+        table[0, 1::2], torch.ones(3)
+    )
 
 
 @pytest.mark.parametrize("norm", ["pre", "post"])
@@ -47,12 +73,19 @@ def test_a_future_token_does_not_change_earlier_logits(norm):
     token_ids = torch.randint(0, 50, (1, 12))
     changed = token_ids.clone()
     changed[0, 8] = (changed[0, 8] + 1) % 50
-    torch.testing.assert_close(model(token_ids)[:, :8], model(changed)[:, :8])
-    assert not torch.allclose(model(token_ids)[:, 8:], model(changed)[:, 8:])
+    torch.testing.assert_close(
+        model(token_ids)[:, :8], model(changed)[:, :8]
+    )
+    assert not torch.allclose(
+        model(token_ids)[:, 8:], model(changed)[:, 8:]
+    )
 
 
 def test_post_norm_model_has_no_final_norm_parameters():
-    assert not any(name.startswith("final_norm") for name, _ in small(norm_placement="post").named_parameters())
+    assert not any(
+        name.startswith("final_norm")
+        for name, _ in small(norm_placement="post").named_parameters()
+    )
 
 
 @pytest.mark.parametrize("norm", ["pre", "post"])
@@ -60,9 +93,13 @@ def test_every_parameter_receives_a_gradient(norm):
     model = small(norm_placement=norm, tie_weights=False)
     token_ids = torch.randint(0, 50, (2, 16))
     logits = model(token_ids)
-    F.cross_entropy(logits[:, :-1].reshape(-1, 50), token_ids[:, 1:].reshape(-1)).backward()
+    F.cross_entropy(
+        logits[:, :-1].reshape(-1, 50), token_ids[:, 1:].reshape(-1)
+    ).backward()
     for name, parameter in model.named_parameters():
-        assert parameter.grad is not None and parameter.grad.abs().sum() > 0, name
+        assert (
+            parameter.grad is not None and parameter.grad.abs().sum() > 0
+        ), name
 
 
 def test_dropout_makes_training_mode_random_and_eval_mode_deterministic():
@@ -74,7 +111,9 @@ def test_dropout_makes_training_mode_random_and_eval_mode_deterministic():
 
 
 def test_a_sequence_longer_than_max_len_is_refused():
-    with pytest.raises(ValueError, match="sequence length 17 exceeds max_len 16"):
+    with pytest.raises(
+        ValueError, match="sequence length 17 exceeds max_len 16"
+    ):
         small()(torch.zeros(1, 17, dtype=torch.long))
 
 
@@ -88,13 +127,16 @@ def test_one_dimensional_ids_are_refused():
         small()(torch.zeros(4, dtype=torch.long))
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    ({"d_model": 30, "n_heads": 4}, "divisible"),
-    ({"positional": "rotary"}, "positional"),
-    ({"norm_placement": "sandwich"}, "norm_placement"),
-    ({"dropout": 1.0}, "dropout"),
-    ({"n_layers": 0}, "n_layers"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"d_model": 30, "n_heads": 4}, "divisible"),
+        ({"positional": "rotary"}, "positional"),
+        ({"norm_placement": "sandwich"}, "norm_placement"),
+        ({"dropout": 1.0}, "dropout"),
+        ({"n_layers": 0}, "n_layers"),
+    ],
+)
 def test_bad_configuration_is_refused(kwargs, message):
     with pytest.raises(ValueError, match=message):
         TinyGPT(vocab_size=50, **kwargs)
@@ -120,7 +162,8 @@ def test_is_tied_is_false_for_a_copy_that_is_equal_by_value():
 
 def test_is_tied_is_true_for_two_parameters_that_share_memory():
     weight = torch.nn.Parameter(torch.randn(5, 3))
-    alias = torch.nn.Parameter(weight.data)       # a second Parameter over the same memory
+    # a second Parameter over the same memory
+    alias = torch.nn.Parameter(weight.data)
     assert alias is not weight and is_tied(weight, alias)
 
 
@@ -131,17 +174,28 @@ def test_is_tied_is_false_for_different_views_of_one_storage():
 
 
 def test_is_tied_refuses_a_non_tensor():
-    with pytest.raises(TypeError, match="second must be a tensor, got list"):
+    with pytest.raises(
+        TypeError, match="second must be a tensor, got list"
+    ):
         is_tied(torch.zeros(2), [0.0, 0.0])
 
 
-@pytest.mark.parametrize("init, expected_std", [("standard", (1 / 64) ** 0.5 / 3 ** 0.5), ("xavier", (2 / 128) ** 0.5),
-                                                ("kaiming", (2 / 64) ** 0.5)])
+@pytest.mark.parametrize(
+    "init, expected_std",
+    [
+        ("standard", (1 / 64) ** 0.5 / 3**0.5),
+        ("xavier", (2 / 128) ** 0.5),
+        ("kaiming", (2 / 64) ** 0.5),
+    ],
+)
 def test_mlp_initialisations_have_their_published_scale(init, expected_std):
     torch.manual_seed(0)
     weight = MLP(3, 64, 64, 1, init=init).linears[1].weight
     assert weight.std().item() == pytest.approx(expected_std, rel=0.05)
-    assert torch.count_nonzero(MLP(3, 64, 64, 1, init=init).linears[1].bias) == 0
+    assert (
+        torch.count_nonzero(MLP(3, 64, 64, 1, init=init).linears[1].bias)
+        == 0
+    )
 
 
 @pytest.mark.parametrize("norm", [None, "batch", "layer", "weight"])
@@ -173,7 +227,11 @@ def test_mlp_refuses_bad_options():
 def test_rnn_cells_return_every_step(cell):
     rnn = RNN(3, 5, cell=cell, output_size=2)
     outputs, states = rnn(torch.randn(4, 6, 3), return_states=True)
-    assert outputs.shape == (4, 6, 2) and len(states) == 6 and states[0].shape == (4, 5)
+    assert (
+        outputs.shape == (4, 6, 2)
+        and len(states) == 6
+        and states[0].shape == (4, 5)
+    )
     assert rnn.recurrent_weight.shape[1] == 5
 
 
@@ -182,14 +240,19 @@ def test_vanilla_rnn_matches_its_equation():
     rnn = RNN(2, 3, activation="sigmoid")
     inputs = torch.randn(1, 2, 2)
     h1 = torch.sigmoid(rnn.input_weight(inputs[:, 0]))
-    h2 = torch.sigmoid(rnn.input_weight(inputs[:, 1]) + h1 @ rnn.recurrent_weight.T)
+    h2 = torch.sigmoid(
+        rnn.input_weight(inputs[:, 1]) + h1 @ rnn.recurrent_weight.T
+    )
     torch.testing.assert_close(rnn(inputs)[:, 1], h2)
 
 
 def test_rnn_refuses_bad_options():
     with pytest.raises(ValueError, match="activation must be 'tanh'"):
         RNN(2, 3, activation="sigmoid", cell="lstm")
-    with pytest.raises(ValueError, match=r"inputs must have shape \(batch, time, input_size\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"inputs must have shape \(batch, time, input_size\)",
+    ):
         RNN(2, 3)(torch.randn(4, 2))
 
 
@@ -199,24 +262,38 @@ def test_checkpointed_forward_gives_the_same_gradients():
     gradients = []
     for every in (0, 1):
         model.zero_grad()
-        F.cross_entropy(model(token_ids, checkpoint_every=every).reshape(-1, 50), token_ids.reshape(-1)).backward()
+        F.cross_entropy(
+            model(token_ids, checkpoint_every=every).reshape(-1, 50),
+            token_ids.reshape(-1),
+        ).backward()
         gradients.append(flat_grad(model))
     assert torch.equal(gradients[0], gradients[1])
 
 
 def test_checkpoint_every_refuses_a_negative_value():
-    with pytest.raises(ValueError, match="checkpoint_every must be >= 0, got -1"):
+    with pytest.raises(
+        ValueError, match="checkpoint_every must be >= 0, got -1"
+    ):
         small()(torch.zeros(1, 4, dtype=torch.long), checkpoint_every=-1)
 
 
 def small_gpt(tie_weights: bool = True) -> TinyGPT:
     torch.manual_seed(0)
-    return TinyGPT(10, d_model=8, n_layers=1, n_heads=2, max_len=4, tie_weights=tie_weights)
+    return TinyGPT(
+        10,
+        d_model=8,
+        n_layers=1,
+        n_heads=2,
+        max_len=4,
+        tie_weights=tie_weights,
+    )
 
 
 @pytest.mark.parametrize("bad_id", [10, 57, -1])
 def test_tinygpt_names_a_token_id_outside_the_vocabulary(bad_id):
-    with pytest.raises(ValueError, match=f"token id {bad_id} is outside the vocabulary"):
+    with pytest.raises(
+        ValueError, match=f"token id {bad_id} is outside the vocabulary"
+    ):
         small_gpt()(torch.tensor([[1, bad_id]]))
 
 
@@ -227,13 +304,27 @@ def test_tinygpt_refuses_an_empty_batch_or_sequence(shape):
 
 
 def test_tie_weights_must_be_a_bool():
-    with pytest.raises(TypeError, match="tie_weights must be True or False, got 'no'"):
-        TinyGPT(10, d_model=8, n_layers=1, n_heads=2, max_len=4, tie_weights="no")
+    with pytest.raises(
+        TypeError, match="tie_weights must be True or False, got 'no'"
+    ):
+        TinyGPT(
+            10,
+            d_model=8,
+            n_layers=1,
+            n_heads=2,
+            max_len=4,
+            tie_weights="no",
+        )
 
 
 def test_separate_meta_or_empty_tensors_are_not_tied():
-    assert not is_tied(torch.empty(3, device="meta"), torch.empty(3, device="meta"))
-    assert not is_tied(torch.nn.Parameter(torch.empty(0)), torch.nn.Parameter(torch.empty(0)))
+    assert not is_tied(
+        torch.empty(3, device="meta"), torch.empty(3, device="meta")
+    )
+    assert not is_tied(
+        torch.nn.Parameter(torch.empty(0)),
+        torch.nn.Parameter(torch.empty(0)),
+    )
 
 
 def test_an_untied_checkpoint_is_refused_by_a_tied_model():
@@ -241,9 +332,12 @@ def test_an_untied_checkpoint_is_refused_by_a_tied_model():
     with pytest.raises(ValueError, match="untied checkpoint"):
         small_gpt(tie_weights=True).load_state_dict(untied.state_dict())
     tied = small_gpt(tie_weights=True)
-    small_gpt(tie_weights=True).load_state_dict(tied.state_dict())   # a tied checkpoint loads
+    # a tied checkpoint loads
+    small_gpt(tie_weights=True).load_state_dict(tied.state_dict())
 
 
 def test_rnn_refuses_a_bad_output_size():
-    with pytest.raises(ValueError, match="output_size must be >= 1, got -2"):
+    with pytest.raises(
+        ValueError, match="output_size must be >= 1, got -2"
+    ):
         RNN(2, 4, output_size=-2)

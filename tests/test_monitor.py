@@ -15,12 +15,23 @@ VOCAB = 60
 
 def tiny(tie_weights: bool = True) -> TinyGPT:
     torch.manual_seed(0)
-    return TinyGPT(VOCAB, d_model=16, n_layers=1, n_heads=2, max_len=8, tie_weights=tie_weights)
+    return TinyGPT(
+        VOCAB,
+        d_model=16,
+        n_layers=1,
+        n_heads=2,
+        max_len=8,
+        tie_weights=tie_weights,
+    )
 
 
 def backward(model: nn.Module, seed: int = 0) -> None:
-    token_ids = torch.randint(0, VOCAB, (2, 8), generator=torch.Generator().manual_seed(seed))
-    F.cross_entropy(model(token_ids).reshape(-1, VOCAB), token_ids.reshape(-1)).backward()
+    token_ids = torch.randint(
+        0, VOCAB, (2, 8), generator=torch.Generator().manual_seed(seed)
+    )
+    F.cross_entropy(
+        model(token_ids).reshape(-1, VOCAB), token_ids.reshape(-1)
+    ).backward()
 
 
 def train_steps(model, optimizer, steps: int) -> None:
@@ -38,9 +49,15 @@ def test_global_norm_equals_clip_grad_norm_of_all_parameters():
         for step in range(3):
             optimizer.zero_grad()
             backward(model, step)
-            expected.append(nn.utils.clip_grad_norm_(model.parameters(), float("inf")).item())
+            expected.append(
+                nn.utils.clip_grad_norm_(
+                    model.parameters(), float("inf")
+                ).item()
+            )
             optimizer.step()
-    np.testing.assert_allclose(monitor.history["global_norm"], expected, rtol=1e-5)
+    np.testing.assert_allclose(
+        monitor.history["global_norm"], expected, rtol=1e-5
+    )
 
 
 def test_layer_norms_combine_the_parameters_of_each_module():
@@ -50,24 +67,50 @@ def test_layer_norms_combine_the_parameters_of_each_module():
     monitor.record()
     history = monitor.history
     qkv = history["layer_names"].index("blocks.0.attention.qkv")
-    expected = torch.cat([model.blocks[0].attention.qkv.weight.grad.reshape(-1),
-                          model.blocks[0].attention.qkv.bias.grad]).norm().item()
-    assert history["layer_norms"][0, qkv] == pytest.approx(expected, rel=1e-5)
+    expected = (
+        torch.cat(
+            [
+                model.blocks[0].attention.qkv.weight.grad.reshape(-1),
+                model.blocks[0].attention.qkv.bias.grad,
+            ]
+        )
+        .norm()
+        .item()
+    )
+    assert history["layer_norms"][0, qkv] == pytest.approx(
+        expected, rel=1e-5
+    )
 
 
 def test_one_device_to_host_transfer_per_recorded_step(monkeypatch):
-    # every call that would copy device memory to the host, made from the monitor's own code, is counted
+    # every call that would copy device memory to the host, made from the
+    # monitor's own code, is counted
     import sys
 
     model = tiny()
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     calls = []
-    for method in ("cpu", "item", "tolist", "numpy", "__bool__", "__float__", "__int__", "__index__"):
+    for method in (
+        "cpu",
+        "item",
+        "tolist",
+        "numpy",
+        "__bool__",
+        "__float__",
+        "__int__",
+        "__index__",
+    ):
         original = getattr(torch.Tensor, method)
 
-        def counting(self, *args, _original=original, _method=method, **kwargs):
-            if sys._getframe(1).f_code.co_filename.endswith("monitor.py") and _method != "numpy":
-                calls.append(_method)   # numpy() of the host copy moves nothing
+        def counting(
+            self, *args, _original=original, _method=method, **kwargs
+        ):
+            if (
+                sys._getframe(1).f_code.co_filename.endswith("monitor.py")
+                and _method != "numpy"
+            ):
+                # numpy() of the host copy moves nothing
+                calls.append(_method)
             return _original(self, *args, **kwargs)
 
         monkeypatch.setattr(torch.Tensor, method, counting)
@@ -77,7 +120,8 @@ def test_one_device_to_host_transfer_per_recorded_step(monkeypatch):
         backward(model, step)
         calls.clear()
         optimizer.step()
-        assert calls == ["cpu"], calls  # the monitor's hooks ran inside step(): exactly one transfer
+        # the monitor's hooks ran inside step(): exactly one transfer
+        assert calls == ["cpu"], calls
     assert monitor.transfers == 4
 
 
@@ -86,7 +130,10 @@ def test_every_records_every_nth_step():
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     with GradientMonitor(model, optimizer, every=3) as monitor:
         train_steps(model, optimizer, 7)
-    assert monitor.history["steps"].tolist() == [0, 3, 6] and monitor.transfers == 3
+    assert (
+        monitor.history["steps"].tolist() == [0, 3, 6]
+        and monitor.transfers == 3
+    )
 
 
 def test_histograms_have_fixed_bins_and_count_every_value():
@@ -95,7 +142,11 @@ def test_histograms_have_fixed_bins_and_count_every_value():
         backward(model)
         monitor.record()
     history = monitor.history
-    assert history["histograms"].shape == (1, len(history["layer_names"]), 12)
+    assert history["histograms"].shape == (
+        1,
+        len(history["layer_names"]),
+        12,
+    )
     assert history["bin_edges"].shape == (13,)
     total = sum(p.numel() for p in model.parameters())
     assert history["histograms"].sum() == total
@@ -103,10 +154,14 @@ def test_histograms_have_fixed_bins_and_count_every_value():
 
 def test_linear_histograms_use_the_given_range():
     model = tiny()
-    with GradientMonitor(model, bins=4, log_magnitude=False, histogram_range=(-1.0, 1.0)) as monitor:
+    with GradientMonitor(
+        model, bins=4, log_magnitude=False, histogram_range=(-1.0, 1.0)
+    ) as monitor:
         backward(model)
         monitor.record()
-    np.testing.assert_allclose(monitor.history["bin_edges"], [-1.0, -0.5, 0.0, 0.5, 1.0])
+    np.testing.assert_allclose(
+        monitor.history["bin_edges"], [-1.0, -0.5, 0.0, 0.5, 1.0]
+    )
 
 
 def test_update_ratio_is_update_norm_over_weight_norm():
@@ -120,9 +175,18 @@ def test_update_ratio_is_update_norm_over_weight_norm():
         bias_before = model.blocks[0].mlp[0].bias.detach().clone()
         optimizer.step()
     layer = monitor.history["layer_names"].index("blocks.0.mlp.0")
-    update = torch.cat([(weight.detach() - before).reshape(-1), model.blocks[0].mlp[0].bias.detach() - bias_before])
-    expected = update.norm() / torch.cat([before.reshape(-1), bias_before]).norm()
-    assert monitor.history["update_ratios"][0, layer] == pytest.approx(expected.item(), rel=1e-4)
+    update = torch.cat(
+        [
+            (weight.detach() - before).reshape(-1),
+            model.blocks[0].mlp[0].bias.detach() - bias_before,
+        ]
+    )
+    expected = (
+        update.norm() / torch.cat([before.reshape(-1), bias_before]).norm()
+    )
+    assert monitor.history["update_ratios"][0, layer] == pytest.approx(
+        expected.item(), rel=1e-4
+    )
 
 
 def test_tied_parameter_is_counted_once():
@@ -133,41 +197,49 @@ def test_tied_parameter_is_counted_once():
     assert len(monitor.parameter_names) == len(list(model.parameters()))
 
 
-def test_frozen_parameters_are_skipped_and_missing_gradients_count_as_zero():
+def test_frozen_parameters_skipped_and_missing_gradients_count_as_0():
     model = tiny(tie_weights=False)
     model.position_embedding.weight.requires_grad_(False)
     monitor = GradientMonitor(model).attach()
     assert "position_embedding.weight" not in monitor.parameter_names
     backward(model)
-    model.lm_head.weight.grad = None          # a parameter that got no gradient this step
+    model.lm_head.weight.grad = None  # no gradient this step
     monitor.record()
     head = monitor.history["layer_names"].index("lm_head")
     assert monitor.history["layer_norms"][0, head] == 0
 
 
-def test_first_nonfinite_gradient_is_raised_before_the_step_with_its_parameter():
+def test_first_nonfinite_gradient_raised_before_the_step_and_named():
     model = tiny()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     before = model.final_norm.weight.detach().clone()
-    with GradientMonitor(model, optimizer) as monitor:
+    with GradientMonitor(model, optimizer):
         optimizer.zero_grad()
         backward(model)
         model.final_norm.weight.grad[0] = float("nan")
-        with pytest.raises(NonFiniteGradientError, match="step 0 in parameter 'final_norm.weight'") as error:
+        with pytest.raises(
+            NonFiniteGradientError,
+            match="step 0 in parameter 'final_norm.weight'",
+        ) as error:
             optimizer.step()
     assert error.value.parameter == "final_norm.weight"
-    assert torch.equal(model.final_norm.weight.detach(), before)  # the step did not happen
+    # the step did not happen
+    assert torch.equal(model.final_norm.weight.detach(), before)
 
 
 def test_nonfinite_gradient_can_be_reported_instead():
     model = tiny()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-    with GradientMonitor(model, optimizer, on_nonfinite="report") as monitor:
+    with GradientMonitor(
+        model, optimizer, on_nonfinite="report"
+    ) as monitor:
         optimizer.zero_grad()
         backward(model)
         model.blocks[0].mlp[2].bias.grad[0] = float("inf")
         optimizer.step()
-    assert monitor.nonfinite_events == [{"step": 0, "parameter": "blocks.0.mlp.2.bias", "module": None}]
+    assert monitor.nonfinite_events == [
+        {"step": 0, "parameter": "blocks.0.mlp.2.bias", "module": None}
+    ]
 
 
 class Sqrt(nn.Module):
@@ -175,12 +247,15 @@ class Sqrt(nn.Module):
         return inputs.sqrt()
 
 
-def test_find_module_names_the_module_whose_backward_produced_the_nonfinite_value():
+def test_find_module_names_the_module_that_produced_the_nonfinite():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(3, 3), Sqrt(), nn.Linear(3, 1))
     nn.init.zeros_(model[0].weight)
-    nn.init.zeros_(model[0].bias)                      # sqrt sees exact zeros, and sqrt'(0) = inf
-    monitor = GradientMonitor(model, find_module=True, on_nonfinite="report").attach()
+    # sqrt sees exact zeros, and sqrt'(0) = inf
+    nn.init.zeros_(model[0].bias)
+    monitor = GradientMonitor(
+        model, find_module=True, on_nonfinite="report"
+    ).attach()
     model(torch.randn(4, 3)).sum().backward()
     monitor.record()
     assert monitor.nonfinite_events[0]["parameter"] == "0.weight"
@@ -195,8 +270,11 @@ def test_close_removes_every_hook_and_lets_the_model_be_collected():
     train_steps(model, optimizer, 2)
     monitor.close()
     assert not any(module._forward_hooks for module in model.modules())
-    assert not optimizer._optimizer_step_pre_hooks and not optimizer._optimizer_step_post_hooks
-    assert monitor.history["global_norm"].shape == (2,)   # the history stays
+    assert (
+        not optimizer._optimizer_step_pre_hooks
+        and not optimizer._optimizer_step_post_hooks
+    )
+    assert monitor.history["global_norm"].shape == (2,)  # the history stays
     model_reference = weakref.ref(model)
     del model, optimizer
     gc.collect()
@@ -204,7 +282,9 @@ def test_close_removes_every_hook_and_lets_the_model_be_collected():
 
 
 def test_refuses_bad_arguments():
-    with pytest.raises(TypeError, match="model must be a torch.nn.Module, got int"):
+    with pytest.raises(
+        TypeError, match="model must be a torch.nn.Module, got int"
+    ):
         GradientMonitor(3)
     with pytest.raises(ValueError, match="on_nonfinite must be one of"):
         GradientMonitor(tiny(), on_nonfinite="ignore")
@@ -223,7 +303,9 @@ def test_log_to_writes_scalars_and_histograms():
             self.scalars.append((tag, step))
 
         def add_histogram_raw(self, tag, global_step, **kwargs):
-            self.histograms.append((tag, global_step, sum(kwargs["bucket_counts"])))
+            self.histograms.append(
+                (tag, global_step, sum(kwargs["bucket_counts"]))
+            )
 
     model = tiny()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
@@ -232,9 +314,19 @@ def test_log_to_writes_scalars_and_histograms():
     writer = FakeWriter()
     monitor.log_to(writer)
     assert ("gradients/global_norm", 1) in writer.scalars
-    assert ("gradients/norm/lm_head", 0) not in writer.scalars   # tied: no separate head
-    assert all(count == sum(p.numel() for n, p in model.named_parameters() if n.rpartition(".")[0] == tag.split("/")[-1])
-               for tag, _, count in writer.histograms)
+    assert (
+        "gradients/norm/lm_head",
+        0,
+    ) not in writer.scalars  # tied: no separate head
+    assert all(
+        count
+        == sum(
+            p.numel()
+            for n, p in model.named_parameters()
+            if n.rpartition(".")[0] == tag.split("/")[-1]
+        )
+        for tag, _, count in writer.histograms
+    )
 
 
 def test_explicit_record_calls_alone_count_steps():
@@ -249,24 +341,42 @@ def test_explicit_record_calls_alone_count_steps():
 
 def test_find_module_says_when_the_output_gradient_arrived_non_finite():
     model = nn.Sequential(nn.Linear(3, 3), nn.Linear(3, 1))
-    monitor = GradientMonitor(model, find_module=True, on_nonfinite="report").attach()
+    monitor = GradientMonitor(
+        model, find_module=True, on_nonfinite="report"
+    ).attach()
     (model(torch.randn(2, 3)).sum() * float("inf")).backward()
     monitor.record()
-    assert monitor.nonfinite_events[0]["module"] == "1 (its output gradient was already non-finite)"
+    assert (
+        monitor.nonfinite_events[0]["module"]
+        == "1 (its output gradient was already non-finite)"
+    )
 
 
-@pytest.mark.parametrize(("dtype", "entry"), [(torch.float32, 3e38), (torch.float32, 1e20),
-                                              (torch.bfloat16, 3e20), (torch.float16, 6e4)])
-def test_finite_gradients_whose_norm_overflows_their_dtype_are_finite(dtype, entry):
-    # the squares of these entries overflow the dtype (clip_grad_norm_'s float32 norm is inf for 3e38 and
-    # 1e20); the monitor's float64 norm does not, and the step is not called non-finite
+@pytest.mark.parametrize(
+    ("dtype", "entry"),
+    [
+        (torch.float32, 3e38),
+        (torch.float32, 1e20),
+        (torch.bfloat16, 3e20),
+        (torch.float16, 6e4),
+    ],
+)
+def test_finite_gradients_whose_norm_overflows_their_dtype_are_finite(
+    dtype, entry
+):
+    # the squares of these entries overflow the dtype (clip_grad_norm_'s
+    # float32 norm is inf for 3e38 and 1e20); the monitor's float64 norm
+    # does not, and the step is not called non-finite
     model = nn.Linear(4, 4).to(dtype)
     monitor = GradientMonitor(model, on_nonfinite="raise")
     model.weight.grad = torch.full_like(model.weight, entry)
     model.bias.grad = torch.zeros_like(model.bias)
     assert monitor.record() is True
-    expected = float(torch.tensor(entry, dtype=dtype).double()) * 4   # sqrt(16 entries^2)
-    assert monitor.history["global_norm"][0] == pytest.approx(expected, rel=1e-12)
+    # sqrt(16 entries^2)
+    expected = float(torch.tensor(entry, dtype=dtype).double()) * 4
+    assert monitor.history["global_norm"][0] == pytest.approx(
+        expected, rel=1e-12
+    )
 
 
 def test_two_nonfinite_steps_in_a_row_are_both_stopped():
@@ -277,9 +387,13 @@ def test_two_nonfinite_steps_in_a_row_are_both_stopped():
             optimizer.zero_grad()
             backward(model, step)
             model.final_norm.weight.grad[0] = float("nan")
-            with pytest.raises(NonFiniteGradientError, match=f"step {step} "):
+            with pytest.raises(
+                NonFiniteGradientError, match=f"step {step} "
+            ):
                 optimizer.step()
-        assert monitor.step == 2 and [event["step"] for event in monitor.nonfinite_events] == [0, 1]
+        assert monitor.step == 2 and [
+            event["step"] for event in monitor.nonfinite_events
+        ] == [0, 1]
     assert all(torch.isfinite(p).all() for p in model.parameters())
 
 
@@ -291,9 +405,14 @@ def test_a_sparse_embedding_gradient_is_monitored_like_its_dense_form():
     model(token_ids).sum().backward()
     monitor.record()
     dense_norm = model[0].weight.grad.to_dense().norm().item()
-    assert monitor.history["layer_norms"][0, monitor.layer_names.index("0")] == pytest.approx(dense_norm, rel=1e-6)
-    counts = monitor.history["histograms"][0, monitor.layer_names.index("0")]
-    assert counts.sum() == 20 * 4 and counts[0] >= (20 - 3) * 4   # rows not stored are zeros: first bin
+    assert monitor.history["layer_norms"][
+        0, monitor.layer_names.index("0")
+    ] == pytest.approx(dense_norm, rel=1e-6)
+    counts = monitor.history["histograms"][
+        0, monitor.layer_names.index("0")
+    ]
+    # rows not stored are zeros: first bin
+    assert counts.sum() == 20 * 4 and counts[0] >= (20 - 3) * 4
 
 
 def test_a_model_without_trainable_parameters_is_refused():
@@ -312,7 +431,7 @@ def test_record_needs_no_attach():
     assert monitor.history["steps"].tolist() == [0]
 
 
-def test_a_closed_monitor_refuses_to_attach_or_record_and_keeps_its_history():
+def test_closed_monitor_refuses_attach_and_record_keeps_history():
     model = tiny()
     monitor = GradientMonitor(model, find_module=True).attach()
     backward(model)
@@ -337,23 +456,40 @@ def test_skip_step_ends_the_step_and_lists_it():
             monitor.record_update()
         else:
             monitor.skip_step()
-    assert monitor.skipped_steps == [1] and monitor.history["skipped_steps"] == [1]
+    assert monitor.skipped_steps == [1] and monitor.history[
+        "skipped_steps"
+    ] == [1]
     assert monitor.history["steps"].tolist() == [0, 1, 2]
 
 
-@pytest.mark.parametrize("bad_range", [(float("-inf"), 1.0), (0.0, float("nan")), ("a", "b"), (1.0,)])
-def test_a_histogram_range_that_is_not_two_finite_numbers_is_refused(bad_range):
+@pytest.mark.parametrize(
+    "bad_range",
+    [(float("-inf"), 1.0), (0.0, float("nan")), ("a", "b"), (1.0,)],
+)
+def test_a_histogram_range_that_is_not_two_finite_numbers_is_refused(
+    bad_range,
+):
     with pytest.raises(ValueError, match="histogram_range"):
         GradientMonitor(tiny(), histogram_range=bad_range)
 
 
 def test_find_module_works_with_in_place_modules():
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(3, 3), nn.ReLU(inplace=True), nn.Linear(3, 3), Sqrt(), nn.Linear(3, 1))
+    model = nn.Sequential(
+        nn.Linear(3, 3),
+        nn.ReLU(inplace=True),
+        nn.Linear(3, 3),
+        Sqrt(),
+        nn.Linear(3, 1),
+    )
     nn.init.zeros_(model[2].weight)
-    nn.init.zeros_(model[2].bias)                      # sqrt sees exact zeros
-    monitor = GradientMonitor(model, find_module=True, on_nonfinite="report").attach()
-    model(torch.randn(4, 3)).sum().backward()          # no in-place error from the hooks
+    nn.init.zeros_(model[2].bias)  # sqrt sees exact zeros
+    monitor = GradientMonitor(
+        model, find_module=True, on_nonfinite="report"
+    ).attach()
+    model(
+        torch.randn(4, 3)
+    ).sum().backward()  # no in-place error from the hooks
     monitor.record()
     assert monitor.nonfinite_events[0]["module"] == "3"
 
@@ -362,7 +498,15 @@ def test_importing_the_monitor_leaves_the_warning_filters_alone():
     import subprocess
     import sys
 
-    script = ("import warnings, numpy, torch, torch.nn, gradcourse._validate; before = list(warnings.filters); "
-              "import gradcourse.monitor; print(before == list(warnings.filters))")
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    script = (
+        "import warnings, numpy, torch, torch.nn, gradcourse._validate; "
+        "before = list(warnings.filters); "
+        "import gradcourse.monitor; print(before == list(warnings.filters))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert result.stdout.strip() == "True"

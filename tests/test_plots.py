@@ -7,13 +7,22 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from gradcourse.plots import PALETTE, label, layer_histograms, subplots, use_style  # noqa: E402
+# noqa: E402
+from gradcourse.plots import (
+    PALETTE,
+    label,
+    layer_histograms,
+    subplots,
+    use_style,
+)
 
 
 def test_use_style_sets_the_palette():
     use_style()
     colors = matplotlib.rcParams["axes.prop_cycle"].by_key()["color"]
-    assert tuple(c.upper() for c in colors) == tuple(c.upper() for c in PALETTE)
+    assert tuple(c.upper() for c in colors) == tuple(
+        c.upper() for c in PALETTE
+    )
 
 
 def test_subplots_returns_one_axes_per_panel():
@@ -36,7 +45,11 @@ def test_subplots_refuses_a_non_integer_count():
 def test_label_sets_both_axes_and_the_title():
     fig, ax = subplots()
     label(ax, "step size h", "error (log scale)", title="t")
-    assert (ax.get_xlabel(), ax.get_ylabel(), ax.get_title()) == ("step size h", "error (log scale)", "t")
+    assert (ax.get_xlabel(), ax.get_ylabel(), ax.get_title()) == (
+        "step size h",
+        "error (log scale)",
+        "t",
+    )
     plt.close(fig)
 
 
@@ -54,15 +67,25 @@ def test_label_refuses_something_that_is_not_axes():
 
 
 def test_layer_histograms_draws_one_labelled_panel_per_layer():
-    fig = layer_histograms({"layer1.weight": torch.randn(10, 5), "layer2.weight": torch.randn(3, 10)})
+    fig = layer_histograms(
+        {
+            "layer1.weight": torch.randn(10, 5),
+            "layer2.weight": torch.randn(3, 10),
+        }
+    )
     axes = fig.get_axes()
-    assert [ax.get_title() for ax in axes] == ["layer1.weight", "layer2.weight"]
+    assert [ax.get_title() for ax in axes] == [
+        "layer1.weight",
+        "layer2.weight",
+    ]
     assert all(ax.get_xlabel() and ax.get_ylabel() for ax in axes)
     plt.close(fig)
 
 
 def test_layer_histograms_log_magnitude_skips_zeros():
-    fig = layer_histograms({"w": torch.tensor([0.0, 1e-3, 1.0])}, log_magnitude=True, bins=2)
+    fig = layer_histograms(
+        {"w": torch.tensor([0.0, 1e-3, 1.0])}, log_magnitude=True, bins=2
+    )
     counts = sum(patch.get_height() for patch in fig.get_axes()[0].patches)
     assert counts == 2
     plt.close(fig)
@@ -79,9 +102,10 @@ def test_layer_histograms_refuses_a_non_tensor_value():
 
 
 def _history():
+    import torch.nn.functional as F
+
     from gradcourse.models import TinyGPT
     from gradcourse.monitor import GradientMonitor
-    import torch.nn.functional as F
 
     torch.manual_seed(0)
     model = TinyGPT(30, d_model=8, n_layers=1, n_heads=2, max_len=4)
@@ -90,16 +114,26 @@ def _history():
         for _ in range(3):
             optimizer.zero_grad()
             ids = torch.randint(0, 30, (2, 4))
-            F.cross_entropy(model(ids).reshape(-1, 30), ids.reshape(-1)).backward()
+            F.cross_entropy(
+                model(ids).reshape(-1, 30), ids.reshape(-1)
+            ).backward()
             optimizer.step()
     return monitor.history
 
 
 def test_monitor_plots_label_their_axes():
-    from gradcourse.plots import histogram_over_time, norm_heatmap, update_ratio_lines
+    from gradcourse.plots import (
+        histogram_over_time,
+        norm_heatmap,
+        update_ratio_lines,
+    )
 
     history = _history()
-    for fig in (norm_heatmap(history), histogram_over_time(history, "blocks.0.mlp.0"), update_ratio_lines(history)):
+    for fig in (
+        norm_heatmap(history),
+        histogram_over_time(history, "blocks.0.mlp.0"),
+        update_ratio_lines(history),
+    ):
         ax = fig.axes[0]
         assert ax.get_xlabel() == "step" and ax.get_ylabel()
 
@@ -107,7 +141,9 @@ def test_monitor_plots_label_their_axes():
 def test_histogram_over_time_names_an_unknown_layer():
     from gradcourse.plots import histogram_over_time
 
-    with pytest.raises(ValueError, match="layer 'nope' is not in the history"):
+    with pytest.raises(
+        ValueError, match="layer 'nope' is not in the history"
+    ):
         histogram_over_time(_history(), "nope")
 
 
@@ -115,4 +151,10 @@ def test_monitor_plots_refuse_an_empty_history():
     from gradcourse.plots import norm_heatmap
 
     with pytest.raises(ValueError, match="no step was recorded"):
-        norm_heatmap({"layer_norms": np.zeros((0, 2)), "steps": np.array([]), "layer_names": ["a", "b"]})
+        norm_heatmap(
+            {
+                "layer_norms": np.zeros((0, 2)),
+                "steps": np.array([]),
+                "layer_names": ["a", "b"],
+            }
+        )

@@ -5,7 +5,8 @@ from gradcourse.precision import low_precision_fate, saved_tensor_bytes
 
 
 def test_fp16_fate_counts_underflow_subnormals_and_overflow():
-    values = torch.tensor([1e-9, 1e-6, 1.0, 1e5, 0.0])   # below subnormal, subnormal, normal, too large, zero
+    # below subnormal, subnormal, normal, too large, zero
+    values = torch.tensor([1e-9, 1e-6, 1.0, 1e5, 0.0])
     fate = low_precision_fate([values])
     assert fate == {"underflow": 0.25, "subnormal": 0.25, "overflow": 0.25}
 
@@ -18,11 +19,17 @@ def test_a_loss_scale_moves_small_values_out_of_underflow():
 
 def test_bfloat16_keeps_float32_range():
     values = torch.tensor([1e-30, 1e30])
-    assert low_precision_fate([values], dtype=torch.bfloat16) == {"underflow": 0.0, "subnormal": 0.0, "overflow": 0.0}
+    assert low_precision_fate([values], dtype=torch.bfloat16) == {
+        "underflow": 0.0,
+        "subnormal": 0.0,
+        "overflow": 0.0,
+    }
 
 
 def test_fate_refuses_a_bad_scale_and_empty_input():
-    with pytest.raises(ValueError, match="scale must be a finite number > 0, got 0"):
+    with pytest.raises(
+        ValueError, match="scale must be a finite number > 0, got 0"
+    ):
         low_precision_fate([torch.ones(2)], scale=0)
     with pytest.raises(ValueError, match="no nonzero gradient entry"):
         low_precision_fate([torch.zeros(3)])
@@ -32,11 +39,16 @@ def test_saved_tensor_bytes_counts_what_backward_needs():
     weight = torch.randn(100, 100, requires_grad=True)
     inputs = torch.randn(8, 100)
     _, saved = saved_tensor_bytes(lambda: torch.tanh(inputs @ weight))
-    # d/dweight of the matmul needs the input (8 x 100); the input needs no gradient, so the weight is not
-    # saved; tanh saves its output (8 x 100)
+    # d/dweight of the matmul needs the input (8 x 100); the input needs no
+    # gradient, so the weight is not saved; tanh saves its output (8 x 100)
     assert saved == 4 * (8 * 100 + 8 * 100)
 
 
 def test_saved_tensor_bytes_is_zero_without_autograd():
     with torch.no_grad():
-        assert saved_tensor_bytes(lambda: torch.randn(5, 5) @ torch.randn(5, 5))[1] == 0
+        assert (
+            saved_tensor_bytes(
+                lambda: torch.randn(5, 5) @ torch.randn(5, 5)
+            )[1]
+            == 0
+        )

@@ -1,4 +1,5 @@
-"""The IPython startup file that CI uses to shift every seed a chapter sets (tools/ipython_seed_offset)."""
+"""The IPython startup file that CI uses to shift every seed a chapter sets
+(tools/ipython_seed_offset)."""
 
 import os
 import subprocess
@@ -7,7 +8,10 @@ from pathlib import Path
 
 import pytest
 
-STARTUP = Path(__file__).resolve().parent.parent / "tools/ipython_seed_offset/profile_default/startup/00_seed_offset.py"
+STARTUP = (
+    Path(__file__).resolve().parent.parent
+    / "tools/ipython_seed_offset/profile_default/startup/00_seed_offset.py"
+)
 
 PROBE = """
 import random, numpy as np, torch
@@ -25,15 +29,21 @@ print(repr((a, b, c, d, e, f)))
 
 def draws(offset: int) -> tuple:
     environment = {**os.environ, "GRADCOURSE_SEED_OFFSET": str(offset)}
-    result = subprocess.run([sys.executable, "-c", PROBE.format(startup=str(STARTUP))], env=environment,
-                            capture_output=True, text=True, check=True)
+    result = subprocess.run(
+        [sys.executable, "-c", PROBE.format(startup=str(STARTUP))],
+        env=environment,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return eval(result.stdout.strip().splitlines()[-1])
 
 
 def test_offset_zero_changes_nothing_and_an_offset_shifts_every_generator():
     unshifted, shifted, by_hand = draws(0), draws(7), draws(0)
     assert unshifted == by_hand
-    assert all(a != b for a, b in zip(unshifted, shifted))   # torch, Generator, numpy x2, random, seed_everything
+    # torch, Generator, numpy x2, random, seed_everything
+    assert all(a != b for a, b in zip(unshifted, shifted))
 
 
 @pytest.mark.parametrize("offset", [7, 123456])

@@ -30,14 +30,27 @@ def fresh_model() -> nn.Linear:
 
 def test_train_lowers_the_loss_and_returns_one_loss_per_step():
     model = fresh_model()
-    losses = train(model, regression(), mse, torch.optim.SGD(model.parameters(), lr=0.1), steps=40)
+    losses = train(
+        model,
+        regression(),
+        mse,
+        torch.optim.SGD(model.parameters(), lr=0.1),
+        steps=40,
+    )
     assert len(losses) == 40 and losses[-1] < 0.1 * losses[0]
 
 
 def test_clipping_bounds_the_step():
     model = fresh_model()
     before = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
-    train(model, regression(), mse, torch.optim.SGD(model.parameters(), lr=1.0), steps=1, clip_norm=1e-3)
+    train(
+        model,
+        regression(),
+        mse,
+        torch.optim.SGD(model.parameters(), lr=1.0),
+        steps=1,
+        clip_norm=1e-3,
+    )
     after = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
     assert (after - before).norm() <= 1e-3 * (1 + 1e-5)
 
@@ -45,8 +58,15 @@ def test_clipping_bounds_the_step():
 def test_monitor_sees_the_norm_before_clipping():
     model = fresh_model()
     monitor = GradientMonitor(model).attach()
-    train(model, regression(), mse, torch.optim.SGD(model.parameters(), lr=0.1), steps=3, clip_norm=1e-3,
-          monitor=monitor)
+    train(
+        model,
+        regression(),
+        mse,
+        torch.optim.SGD(model.parameters(), lr=0.1),
+        steps=3,
+        clip_norm=1e-3,
+        monitor=monitor,
+    )
     assert monitor.history["global_norm"].min() > 1e-3
     assert monitor.history["steps"].tolist() == [0, 1, 2]
 
@@ -60,7 +80,14 @@ def test_bfloat16_autocast_in_the_loss_and_a_grad_scaler_run_on_cpu():
     model = fresh_model()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
     scaler = torch.amp.GradScaler("cpu")
-    losses = train(model, regression(), autocast_mse, optimizer, steps=40, scaler=scaler)
+    losses = train(
+        model,
+        regression(),
+        autocast_mse,
+        optimizer,
+        steps=40,
+        scaler=scaler,
+    )
     assert losses[-1] < losses[0]
 
 
@@ -68,19 +95,41 @@ def test_train_refuses_a_monitor_that_hooks_the_optimizer():
     model = fresh_model()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     with pytest.raises(ValueError, match="without an optimizer"):
-        train(model, regression(), mse, optimizer, steps=1, monitor=GradientMonitor(model, optimizer))
+        train(
+            model,
+            regression(),
+            mse,
+            optimizer,
+            steps=1,
+            monitor=GradientMonitor(model, optimizer),
+        )
 
 
 def test_train_says_when_the_batches_run_out():
     model = fresh_model()
     with pytest.raises(ValueError, match="batches ran out at step 2"):
-        train(model, regression(batches=2), mse, torch.optim.SGD(model.parameters(), lr=0.1), steps=3)
+        train(
+            model,
+            regression(batches=2),
+            mse,
+            torch.optim.SGD(model.parameters(), lr=0.1),
+            steps=3,
+        )
 
 
 def test_train_refuses_a_negative_clip_norm():
     model = fresh_model()
-    with pytest.raises(ValueError, match="clip_norm must be > 0 or None, got -1"):
-        train(model, regression(), mse, torch.optim.SGD(model.parameters(), lr=0.1), steps=1, clip_norm=-1)
+    with pytest.raises(
+        ValueError, match="clip_norm must be > 0 or None, got -1"
+    ):
+        train(
+            model,
+            regression(),
+            mse,
+            torch.optim.SGD(model.parameters(), lr=0.1),
+            steps=1,
+            clip_norm=-1,
+        )
 
 
 def per_example_mse(model: nn.Module, batch) -> torch.Tensor:
@@ -89,11 +138,14 @@ def per_example_mse(model: nn.Module, batch) -> torch.Tensor:
 
 
 def _unequal_split():
-    (inputs, targets), = regression(batches=1, batch_size=10)
-    return [(inputs[:3], targets[:3]), (inputs[3:], targets[3:])], (inputs, targets)
+    ((inputs, targets),) = regression(batches=1, batch_size=10)
+    return [(inputs[:3], targets[:3]), (inputs[3:], targets[3:])], (
+        inputs,
+        targets,
+    )
 
 
-def test_accumulate_gradients_by_examples_is_exact_for_unequal_micro_batches():
+def test_accumulate_by_examples_is_exact_for_unequal_micro_batches():
     from gradcourse.train import accumulate_gradients
 
     pieces, whole = _unequal_split()
@@ -104,60 +156,104 @@ def test_accumulate_gradients_by_examples_is_exact_for_unequal_micro_batches():
     torch.testing.assert_close(flat_grad(model), flat_grad(expected))
 
 
-def test_loss_over_k_is_wrong_for_unequal_micro_batches_and_right_for_equal_ones():
+def test_loss_over_k_wrong_for_unequal_micro_batches_right_for_equal():
     from gradcourse.train import accumulate_gradients
 
     pieces, whole = _unequal_split()
     expected = fresh_model()
     per_example_mse(expected, whole).mean().backward()
     model = fresh_model()
-    accumulate_gradients(model, pieces, per_example_mse, normalize="micro_batches")
+    accumulate_gradients(
+        model, pieces, per_example_mse, normalize="micro_batches"
+    )
     assert not torch.allclose(flat_grad(model), flat_grad(expected))
     equal = [(whole[0][:5], whole[1][:5]), (whole[0][5:], whole[1][5:])]
-    accumulate_gradients(model, equal, per_example_mse, normalize="micro_batches")
+    accumulate_gradients(
+        model, equal, per_example_mse, normalize="micro_batches"
+    )
     torch.testing.assert_close(flat_grad(model), flat_grad(expected))
 
 
 def test_accumulate_gradients_refuses_an_unknown_normalisation():
     from gradcourse.train import accumulate_gradients
 
-    with pytest.raises(ValueError, match="normalize must be 'examples' or 'micro_batches', got 'tokens'"):
-        accumulate_gradients(fresh_model(), _unequal_split()[0], per_example_mse, normalize="tokens")
+    with pytest.raises(
+        ValueError,
+        match="normalize must be 'examples' or 'micro_batches', got "
+        "'tokens'",
+    ):
+        accumulate_gradients(
+            fresh_model(),
+            _unequal_split()[0],
+            per_example_mse,
+            normalize="tokens",
+        )
 
 
 def test_a_scaler_overflow_is_a_skipped_step_for_the_monitor_not_an_error():
     model = fresh_model()
     monitor = GradientMonitor(model)
     data = regression(batches=4)
-    poisoned = (data[1][0], data[1][1] * float("inf"))       # the loss of step 1 overflows
-    losses = train(model, [data[0], poisoned, data[2], data[3]], mse, torch.optim.SGD(model.parameters(), lr=0.05),
-                   steps=4, scaler=torch.amp.GradScaler("cpu"), monitor=monitor)
+    # the loss of step 1 overflows
+    poisoned = (
+        data[1][0],
+        data[1][1] * float("inf"),
+    )
+    losses = train(
+        model,
+        [data[0], poisoned, data[2], data[3]],
+        mse,
+        torch.optim.SGD(model.parameters(), lr=0.05),
+        steps=4,
+        scaler=torch.amp.GradScaler("cpu"),
+        monitor=monitor,
+    )
     assert monitor.skipped_steps == [1] and monitor.nonfinite_events == []
-    assert len(losses) == 4 and all(torch.isfinite(p).all() for p in model.parameters())
+    assert len(losses) == 4 and all(
+        torch.isfinite(p).all() for p in model.parameters()
+    )
 
 
 def test_a_nan_loss_without_a_scaler_stops_training_before_the_step():
     model = fresh_model()
     data = regression(batches=3)
     data[1] = (data[1][0], data[1][1] * float("nan"))
-    with pytest.raises(FloatingPointError, match="loss is not finite at step 1"):
-        train(model, data, mse, torch.optim.SGD(model.parameters(), lr=0.05), steps=3)
+    with pytest.raises(
+        FloatingPointError, match="loss is not finite at step 1"
+    ):
+        train(
+            model,
+            data,
+            mse,
+            torch.optim.SGD(model.parameters(), lr=0.05),
+            steps=3,
+        )
     assert all(torch.isfinite(p).all() for p in model.parameters())
 
 
 def test_train_refuses_a_monitor_of_another_model():
     model = fresh_model()
     with pytest.raises(ValueError, match="monitor watches another model"):
-        train(model, regression(), mse, torch.optim.SGD(model.parameters(), lr=0.1), steps=1,
-              monitor=GradientMonitor(fresh_model()))
+        train(
+            model,
+            regression(),
+            mse,
+            torch.optim.SGD(model.parameters(), lr=0.1),
+            steps=1,
+            monitor=GradientMonitor(fresh_model()),
+        )
 
 
 def test_accumulate_gradients_refuses_a_micro_batch_without_examples():
     from gradcourse.train import accumulate_gradients
 
-    (inputs, targets), = regression(batches=1, batch_size=4)
+    ((inputs, targets),) = regression(batches=1, batch_size=4)
     with pytest.raises(ValueError, match="micro-batch 1 has no example"):
-        accumulate_gradients(fresh_model(), [(inputs, targets), (inputs[:0], targets[:0])], per_example_mse)
+        accumulate_gradients(
+            fresh_model(),
+            [(inputs, targets), (inputs[:0], targets[:0])],
+            per_example_mse,
+        )
 
 
 @pytest.mark.parametrize("nothing", [[], iter([]), (batch for batch in [])])

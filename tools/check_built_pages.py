@@ -1,17 +1,24 @@
-"""Open every chapter of the built book in headless Chromium and check what a reader would see.
+"""Open every chapter of the built book in headless Chromium and check what
+a reader would see.
 
-For each chapter listed in ``_toc.yml`` the page is served from ``_build/html`` on 127.0.0.1, loaded in
-Debian's ``chromium`` (``--dump-dom`` after MathJax has run) and must have:
+For each chapter listed in ``_toc.yml`` the page is served from
+``_build/html`` on 127.0.0.1, loaded in Debian's ``chromium``
+(``--dump-dom`` after MathJax has run) and must have:
 
-- executed outputs (``div.cell_output``) and no error output (no traceback in an output);
-- at least one figure (an ``<img>`` in an output, whose file exists in the built site);
-- rendered math: MathJax's ``<mjx-container>`` elements in the DOM after load, with MathJax served from
-  the site itself (no CDN);
-- no script loaded from another site (the book reads offline; progress-bar widgets add none);
+- executed outputs (``div.cell_output``) and no error output (no traceback
+  in an output);
+- at least one figure (an ``<img>`` in an output, whose file exists in the
+  built site);
+- rendered math: MathJax's ``<mjx-container>`` elements in the DOM after
+  load, with MathJax served from the site itself (no CDN);
+- no script loaded from another site (the book reads offline; progress-bar
+  widgets add none);
 - at least one citation linking to the references page;
-- Colab and Binder launch links pointing at this chapter's notebook in the repository.
+- Colab and Binder launch links pointing at this chapter's notebook in the
+  repository.
 
-Usage: ``python tools/check_built_pages.py _build/html``. Exit status 1 lists every failed check.
+Usage: ``python tools/check_built_pages.py _build/html``. Exit status 1
+lists every failed check.
 """
 
 from __future__ import annotations
@@ -28,18 +35,26 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from bs4 import BeautifulSoup
-
 from project import chapter_files, repository_url  # tools/project.py
+
 CHROMIUM_FLAGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-    "--disable-dev-shm-usage", "--virtual-time-budget=30000",
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-dev-shm-usage",
+    "--virtual-time-budget=30000",
 ]
 
 
 @contextlib.contextmanager
 def serve(folder: Path) -> Iterator[str]:
-    """Serve ``folder`` on 127.0.0.1 (a free port) for the duration of the block; yield the base URL."""
+    """Serve ``folder`` on 127.0.0.1 (a free port) for the duration of the
+    block; yield the base URL."""
     handler = functools.partial(QuietHandler, directory=str(folder))
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
@@ -52,24 +67,40 @@ def serve(folder: Path) -> Iterator[str]:
 
 
 class QuietHandler(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 (the base class's name)
+    # noqa: A002 (the base class's name)
+    def log_message(self, format: str, *args: object) -> None:
         pass
 
 
 def rendered_dom(browser: str, url: str) -> str:
-    """The DOM of ``url`` after load and after scripts (MathJax) ran, as Chromium serialises it."""
+    """The DOM of ``url`` after load and after scripts (MathJax) ran, as
+    Chromium serialises it."""
     with tempfile.TemporaryDirectory() as profile:
         result = subprocess.run(
-            [browser, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "--dump-dom", url],
-            capture_output=True, text=True, timeout=120,
+            [
+                browser,
+                *CHROMIUM_FLAGS,
+                f"--user-data-dir={profile}",
+                "--dump-dom",
+                url,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
         )
     if result.returncode != 0 or "<html" not in result.stdout:
-        raise RuntimeError(f"chromium failed on {url} (exit {result.returncode}): {result.stderr[-2000:]}")
+        raise RuntimeError(
+            f"chromium failed on {url} (exit {result.returncode}): "
+            f"{result.stderr[-2000:]}"
+        )
     return result.stdout
 
 
-def check_page(html: str, page: Path, chapter: str, repository_url: str) -> list[str]:
-    """Every problem found on one chapter page (empty when the page is fine)."""
+def check_page(
+    html: str, page: Path, chapter: str, repository_url: str
+) -> list[str]:
+    """Every problem found on one chapter page (empty when the page is
+    fine)."""
     soup = BeautifulSoup(html, "html.parser")
     problems = []
     outputs = soup.select("div.cell_output")
@@ -84,20 +115,42 @@ def check_page(html: str, page: Path, chapter: str, repository_url: str) -> list
         problems.append("no figure in the outputs")
     for img in images:
         src = img.get("src", "")
-        if not src.startswith("data:") and not (page.parent / src).resolve().is_file():
+        if (
+            not src.startswith("data:")
+            and not (page.parent / src).resolve().is_file()
+        ):
             problems.append(f"figure {src} is missing from the built site")
     math = soup.find_all("mjx-container")
     if not math:
         problems.append("no rendered math (no mjx-container after load)")
-    mathjax_scripts = [s.get("src", "") for s in soup.find_all("script") if "mathjax" in s.get("src", "").lower()]
+    mathjax_scripts = [
+        s.get("src", "")
+        for s in soup.find_all("script")
+        if "mathjax" in s.get("src", "").lower()
+    ]
     if not mathjax_scripts or any("://" in src for src in mathjax_scripts):
-        problems.append(f"MathJax must be served by the site itself, found {mathjax_scripts}")
-    remote_scripts = [s["src"] for s in soup.find_all("script", src=True) if "://" in s["src"]
-                      and not s["src"].startswith(("http://127.0.0.1", "http://localhost"))]
+        problems.append(
+            "MathJax must be served by the site itself, found "
+            f"{mathjax_scripts}"
+        )
+    remote_scripts = [
+        s["src"]
+        for s in soup.find_all("script", src=True)
+        if "://" in s["src"]
+        and not s["src"].startswith(
+            ("http://127.0.0.1", "http://localhost")
+        )
+    ]
     if remote_scripts:
-        problems.append(f"scripts loaded from another site: {remote_scripts}")
-    citations = [a for a in soup.find_all("a", href=True) if a["href"].split("#")[0].endswith("references.html")
-                 and "#" in a["href"]]
+        problems.append(
+            f"scripts loaded from another site: {remote_scripts}"
+        )
+    citations = [
+        a
+        for a in soup.find_all("a", href=True)
+        if a["href"].split("#")[0].endswith("references.html")
+        and "#" in a["href"]
+    ]
     if not citations:
         problems.append("no citation linking to the references page")
     repo = repository_url.removeprefix("https://github.com/")
@@ -109,8 +162,11 @@ def check_page(html: str, page: Path, chapter: str, repository_url: str) -> list
     for service, link in expected_links.items():
         if link not in hrefs:
             problems.append(f"no {service} link {link}")
-    print(f"{chapter}: {len(outputs)} outputs, {len(images)} figures, {len(math)} math elements, "
-          f"{len(citations)} citation links")
+    print(
+        f"{chapter}: {len(outputs)} outputs, {len(images)} figures, "
+        f"{len(math)} math elements, "
+        f"{len(citations)} citation links"
+    )
     return problems
 
 
@@ -121,7 +177,10 @@ def main(argv: list[str]) -> int:
     site = Path(argv[0]).resolve()
     browser = shutil.which("chromium") or shutil.which("chromium-browser")
     if browser is None:
-        print("chromium not found: install Debian's chromium package (apt-get install chromium)")
+        print(
+            "chromium not found: install Debian's chromium package "
+            "(apt-get install chromium)"
+        )
         return 2
     url = repository_url()
     failures = []
@@ -132,10 +191,16 @@ def main(argv: list[str]) -> int:
                 failures.append(f"{chapter}: page {page} was not built")
                 continue
             html = rendered_dom(browser, f"{base_url}/{chapter}.html")
-            failures += [f"{chapter}: {problem}" for problem in check_page(html, page, chapter, url)]
+            failures += [
+                f"{chapter}: {problem}"
+                for problem in check_page(html, page, chapter, url)
+            ]
     for failure in failures:
         print(f"FAIL {failure}")
-    print(f"built pages: {len(chapter_files())} chapters checked, {len(failures)} problems")
+    print(
+        f"built pages: {len(chapter_files())} chapters checked, "
+        f"{len(failures)} problems"
+    )
     return 1 if failures else 0
 
 

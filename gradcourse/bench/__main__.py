@@ -1,5 +1,6 @@
-"""Command line: ``python -m gradcourse.bench embedding [--vocab --dim --tokens --device --dtype ...]`` and
-``python -m gradcourse.bench monitor [--vocab --d-model --layers --heads --length --batch --device ...]``."""
+"""Command line: ``python -m gradcourse.bench embedding [--vocab --dim
+--tokens --device --dtype ...]`` and ``python -m gradcourse.bench monitor
+[--vocab --d-model --layers --heads --length --batch --device ...]``."""
 
 from __future__ import annotations
 
@@ -15,50 +16,131 @@ from gradcourse.embedding import METHODS
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m gradcourse.bench")
     commands = parser.add_subparsers(dest="command", required=True)
-    bench = commands.add_parser("embedding", help="the embedding backward, every method vs PyTorch's own")
-    bench.add_argument("--vocab", type=int, default=50257, help="rows of the embedding (default: GPT-2's 50257)")
-    bench.add_argument("--dim", type=int, default=768, help="embedding width (default: GPT-2 small's 768)")
-    bench.add_argument("--tokens", type=int, default=8 * 1024, help="tokens per step (default: 8 x 1024)")
-    bench.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    bench.add_argument("--dtype", default="float32", choices=tuple(embedding.DTYPES))
-    bench.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    bench = commands.add_parser(
+        "embedding",
+        help="the embedding backward, every method vs PyTorch's own",
+    )
+    bench.add_argument(
+        "--vocab",
+        type=int,
+        default=50257,
+        help="rows of the embedding (default: GPT-2's 50257)",
+    )
+    bench.add_argument(
+        "--dim",
+        type=int,
+        default=768,
+        help="embedding width (default: GPT-2 small's 768)",
+    )
+    bench.add_argument(
+        "--tokens",
+        type=int,
+        default=8 * 1024,
+        help="tokens per step (default: 8 x 1024)",
+    )
+    bench.add_argument(
+        "--device", default="cuda" if torch.cuda.is_available() else "cpu"
+    )
+    bench.add_argument(
+        "--dtype", default="float32", choices=tuple(embedding.DTYPES)
+    )
+    bench.add_argument(
+        "--methods", nargs="+", default=list(METHODS), choices=METHODS
+    )
     bench.add_argument("--rounds", type=int, default=10)
-    watch = commands.add_parser("monitor", help="training-step time with no monitor, a naive one, GradientMonitor")
+    watch = commands.add_parser(
+        "monitor",
+        help="training-step time with no monitor, a naive one, "
+        "GradientMonitor",
+    )
     watch.add_argument("--vocab", type=int, default=2000)
     watch.add_argument("--d-model", type=int, default=128)
     watch.add_argument("--layers", type=int, default=2)
     watch.add_argument("--heads", type=int, default=4)
     watch.add_argument("--length", type=int, default=128)
     watch.add_argument("--batch", type=int, default=8)
-    watch.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    watch.add_argument(
+        "--device", default="cuda" if torch.cuda.is_available() else "cpu"
+    )
     watch.add_argument("--rounds", type=int, default=60)
-    watch.add_argument("--no-histograms", action="store_true", help="norms and update ratios only")
+    watch.add_argument(
+        "--no-histograms",
+        action="store_true",
+        help="norms and update ratios only",
+    )
     args = parser.parse_args(argv)
     if args.command == "monitor":
         return _monitor(parser, args)
     for name in ("vocab", "dim", "tokens", "rounds"):
         if getattr(args, name) < 1:
-            parser.error(f"--{name} must be >= 1, got {getattr(args, name)}")
+            parser.error(
+                f"--{name} must be >= 1, got {getattr(args, name)}"
+            )
     try:
-        rows, distinct_ids = embedding.run(args.vocab, args.dim, args.tokens, args.device, args.dtype, tuple(args.methods),
-                             rounds=args.rounds)
+        rows, distinct_ids = embedding.run(
+            args.vocab,
+            args.dim,
+            args.tokens,
+            args.device,
+            args.dtype,
+            tuple(args.methods),
+            rounds=args.rounds,
+        )
     except ValueError as error:
         parser.error(str(error))
-    print(embedding.format_table(rows, args.vocab, args.dim, args.tokens, args.device, args.dtype, distinct_ids))
+    print(
+        embedding.format_table(
+            rows,
+            args.vocab,
+            args.dim,
+            args.tokens,
+            args.device,
+            args.dtype,
+            distinct_ids,
+        )
+    )
     return 0
 
 
-def _monitor(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
-    for name in ("vocab", "d_model", "layers", "heads", "length", "batch", "rounds"):
+def _monitor(
+    parser: argparse.ArgumentParser, args: argparse.Namespace
+) -> int:
+    for name in (
+        "vocab",
+        "d_model",
+        "layers",
+        "heads",
+        "length",
+        "batch",
+        "rounds",
+    ):
         if getattr(args, name) < 1:
-            parser.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+            parser.error(
+                f"--{name.replace('_', '-')} must be >= 1, got "
+                f"{getattr(args, name)}"
+            )
     try:
-        rows = monitor.run(args.vocab, args.d_model, args.layers, args.heads, args.length, args.batch, args.device,
-                           args.rounds, histograms=not args.no_histograms)
+        rows = monitor.run(
+            args.vocab,
+            args.d_model,
+            args.layers,
+            args.heads,
+            args.length,
+            args.batch,
+            args.device,
+            args.rounds,
+            histograms=not args.no_histograms,
+        )
     except ValueError as error:
         parser.error(str(error))
-    print(monitor.format_table(rows, f"TinyGPT vocab {args.vocab}, d_model {args.d_model}, {args.layers} layers, "
-                                     f"{args.batch} x {args.length} tokens, AdamW, on {args.device}"))
+    print(
+        monitor.format_table(
+            rows,
+            f"TinyGPT vocab {args.vocab}, d_model {args.d_model}, "
+            f"{args.layers} layers, "
+            f"{args.batch} x {args.length} tokens, AdamW, on {args.device}",
+        )
+    )
     return 0
 
 

@@ -1,8 +1,10 @@
-"""TinyGPT: a small decoder-only transformer, and :func:`is_tied`, the storage test of weight tying.
+"""TinyGPT: a small decoder-only transformer, and :func:`is_tied`, the
+storage test of weight tying.
 
-Taught in: Chapter 3 introduces :class:`TinyGPT` (its token embedding); Chapter 5 ties its input and
-output embeddings (:func:`is_tied`); Chapter 7 compares its pre-LN and post-LN forms; Chapter 9 monitors
-its training; Chapter 10 checkpoints its blocks.
+Taught in: Chapter 3 introduces :class:`TinyGPT` (its token embedding);
+Chapter 5 ties its input and output embeddings (:func:`is_tied`); Chapter 7
+compares its pre-LN and post-LN forms; Chapter 9 monitors its training;
+Chapter 10 checkpoints its blocks.
 """
 
 from __future__ import annotations
@@ -14,16 +16,25 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torch.utils.checkpoint
 
-from gradcourse._validate import check_choice, check_int, check_int_tensor, check_positive_int
+from gradcourse._validate import (
+    check_choice,
+    check_int,
+    check_int_tensor,
+    check_positive_int,
+)
 
 POSITIONAL = ("learned", "sinusoidal")
 NORM_PLACEMENTS = ("pre", "post")
 
 
 def sinusoidal_positions(max_len: int, d_model: int) -> torch.Tensor:
-    """The fixed position encodings of Vaswani et al. (2017): ``(max_len, d_model)``, sin on even, cos on odd columns."""
+    """The fixed position encodings of Vaswani et al. (2017): ``(max_len,
+    d_model)``, sin on even, cos on odd columns."""
     positions = torch.arange(max_len, dtype=torch.float32).unsqueeze(1)
-    frequencies = torch.exp(torch.arange(0, d_model, 2, dtype=torch.float32) * (-math.log(10000.0) / d_model))
+    frequencies = torch.exp(
+        torch.arange(0, d_model, 2, dtype=torch.float32)
+        * (-math.log(10000.0) / d_model)
+    )
     table = torch.zeros(max_len, d_model)
     table[:, 0::2] = torch.sin(positions * frequencies)
     table[:, 1::2] = torch.cos(positions * frequencies[: d_model // 2])
@@ -31,7 +42,8 @@ def sinusoidal_positions(max_len: int, d_model: int) -> torch.Tensor:
 
 
 class CausalSelfAttention(nn.Module):
-    """Multi-head self-attention in which position t attends to positions <= t. Input and output ``(B, T, d_model)``."""
+    """Multi-head self-attention in which position t attends to positions <=
+    t. Input and output ``(B, T, d_model)``."""
 
     def __init__(self, d_model: int, n_heads: int, dropout: float) -> None:
         super().__init__()
@@ -43,27 +55,49 @@ class CausalSelfAttention(nn.Module):
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         batch, length, d_model = hidden.shape
         q, k, v = self.qkv(hidden).split(d_model, dim=2)
-        q, k, v = (t.view(batch, length, self.n_heads, -1).transpose(1, 2) for t in (q, k, v))  # (B, H, T, d)
-        attended = F.scaled_dot_product_attention(q, k, v, is_causal=True,
-                                                  dropout_p=self.dropout if self.training else 0.0)
-        return self.proj(attended.transpose(1, 2).reshape(batch, length, d_model))
+        # (B, H, T, d)
+        q, k, v = (
+            t.view(batch, length, self.n_heads, -1).transpose(1, 2)
+            for t in (q, k, v)
+        )
+        attended = F.scaled_dot_product_attention(
+            q,
+            k,
+            v,
+            is_causal=True,
+            dropout_p=self.dropout if self.training else 0.0,
+        )
+        return self.proj(
+            attended.transpose(1, 2).reshape(batch, length, d_model)
+        )
 
 
 class Block(nn.Module):
-    """One transformer block: attention and an MLP, each with a residual connection and a LayerNorm.
+    """One transformer block: attention and an MLP, each with a residual
+    connection and a LayerNorm.
 
-    ``norm_placement="pre"``: ``x + f(LN(x))`` (GPT-2); ``"post"``: ``LN(x + f(x))`` (the original
-    transformer).
+    ``norm_placement="pre"``: ``x + f(LN(x))`` (GPT-2); ``"post"``: ``LN(x +
+    f(x))`` (the original transformer).
     """
 
-    def __init__(self, d_model: int, n_heads: int, norm_placement: str, dropout: float) -> None:
+    def __init__(
+        self,
+        d_model: int,
+        n_heads: int,
+        norm_placement: str,
+        dropout: float,
+    ) -> None:
         super().__init__()
         self.norm_placement = norm_placement
         self.norm_attention = nn.LayerNorm(d_model)
         self.attention = CausalSelfAttention(d_model, n_heads, dropout)
         self.norm_mlp = nn.LayerNorm(d_model)
-        self.mlp = nn.Sequential(nn.Linear(d_model, 4 * d_model), nn.GELU(), nn.Linear(4 * d_model, d_model),
-                                 nn.Dropout(dropout))
+        self.mlp = nn.Sequential(
+            nn.Linear(d_model, 4 * d_model),
+            nn.GELU(),
+            nn.Linear(4 * d_model, d_model),
+            nn.Dropout(dropout),
+        )
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         if self.norm_placement == "pre":
@@ -80,62 +114,115 @@ class TinyGPT(nn.Module):
         vocab_size: number of tokens.
         d_model: width of the residual stream; divisible by ``n_heads``.
         n_layers, n_heads: blocks and attention heads per block.
-        max_len: the longest sequence accepted (the size of the position table).
-        tie_weights: share one matrix between the token embedding and the output projection
-            (``lm_head.weight is token_embedding.weight``).
-        positional: ``"learned"`` (an ``nn.Embedding`` of positions) or ``"sinusoidal"`` (a fixed buffer:
-            ``position_embedding`` is then ``None``).
-        norm_placement: where the LayerNorms sit: ``"pre"`` (before each sublayer, and a final LayerNorm)
-            or ``"post"`` (after each residual addition; ``final_norm`` is then the identity, as the last
-            block already normalises).
+        max_len: the longest sequence accepted (the size of the position
+            table).
+        tie_weights: share one matrix between the token embedding and the
+            output projection (``lm_head.weight is
+            token_embedding.weight``).
+        positional: ``"learned"`` (an ``nn.Embedding`` of positions) or
+            ``"sinusoidal"`` (a fixed buffer: ``position_embedding`` is then
+            ``None``).
+        norm_placement: where the LayerNorms sit: ``"pre"`` (before each
+            sublayer, and a final LayerNorm) or ``"post"`` (after each
+            residual addition; ``final_norm`` is then the identity, as the
+            last block already normalises).
         dropout: dropout probability in [0, 1).
 
-    ``forward(token_ids)`` maps ``(B, T)`` integer ids, ``T <= max_len``, to logits ``(B, T, vocab_size)``.
-    Weights are initialised as GPT-2's: normal(0, 0.02), zero biases, LayerNorm at (1, 0), but without
-    GPT-2's extra ``1/sqrt(2 * n_layers)`` scaling of the residual projections (``attention.proj`` and
-    the MLP's output layer).
+    ``forward(token_ids)`` maps ``(B, T)`` integer ids, ``T <= max_len``, to
+    logits ``(B, T, vocab_size)``. Weights are initialised as GPT-2's:
+    normal(0, 0.02), zero biases, LayerNorm at (1, 0), but without GPT-2's
+    extra ``1/sqrt(2 * n_layers)`` scaling of the residual projections
+    (``attention.proj`` and the MLP's output layer).
     """
 
-    def __init__(self, vocab_size: int, d_model: int = 128, n_layers: int = 2, n_heads: int = 4,
-                 max_len: int = 128, tie_weights: bool = True, positional: str = "learned",
-                 norm_placement: str = "pre", dropout: float = 0.0) -> None:
+    def __init__(
+        self,
+        vocab_size: int,
+        d_model: int = 128,
+        n_layers: int = 2,
+        n_heads: int = 4,
+        max_len: int = 128,
+        tie_weights: bool = True,
+        positional: str = "learned",
+        norm_placement: str = "pre",
+        dropout: float = 0.0,
+    ) -> None:
         super().__init__()
-        for name, value in (("vocab_size", vocab_size), ("d_model", d_model), ("n_layers", n_layers),
-                            ("n_heads", n_heads), ("max_len", max_len)):
+        for name, value in (
+            ("vocab_size", vocab_size),
+            ("d_model", d_model),
+            ("n_layers", n_layers),
+            ("n_heads", n_heads),
+            ("max_len", max_len),
+        ):
             check_positive_int(name, value)
         if d_model % n_heads:
-            raise ValueError(f"d_model ({d_model}) must be divisible by n_heads ({n_heads})")
+            raise ValueError(
+                f"d_model ({d_model}) must be divisible by n_heads "
+                f"({n_heads})"
+            )
         check_choice("positional", positional, POSITIONAL)
         check_choice("norm_placement", norm_placement, NORM_PLACEMENTS)
         if not 0 <= dropout < 1:
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
         if not isinstance(tie_weights, bool):
-            raise TypeError(f"tie_weights must be True or False, got {tie_weights!r}")
+            raise TypeError(
+                f"tie_weights must be True or False, got {tie_weights!r}"
+            )
         self.vocab_size, self.max_len = vocab_size, max_len
         self.token_embedding = nn.Embedding(vocab_size, d_model)
         if positional == "learned":
-            self.position_embedding: nn.Embedding | None = nn.Embedding(max_len, d_model)
+            self.position_embedding: nn.Embedding | None = nn.Embedding(
+                max_len, d_model
+            )
         else:
             self.position_embedding = None
-            self.register_buffer("sinusoidal", sinusoidal_positions(max_len, d_model), persistent=False)
+            self.register_buffer(
+                "sinusoidal",
+                sinusoidal_positions(max_len, d_model),
+                persistent=False,
+            )
         self.dropout = nn.Dropout(dropout)
-        self.blocks = nn.ModuleList(Block(d_model, n_heads, norm_placement, dropout) for _ in range(n_layers))
-        self.final_norm: nn.Module = nn.LayerNorm(d_model) if norm_placement == "pre" else nn.Identity()
+        self.blocks = nn.ModuleList(
+            Block(d_model, n_heads, norm_placement, dropout)
+            for _ in range(n_layers)
+        )
+        self.final_norm: nn.Module = (
+            nn.LayerNorm(d_model)
+            if norm_placement == "pre"
+            else nn.Identity()
+        )
         self.lm_head = nn.Linear(d_model, vocab_size, bias=False)
         self.apply(self._init_weights)
         if tie_weights:
             self.lm_head.weight = self.token_embedding.weight
-        self._register_load_state_dict_pre_hook(self._refuse_untied_checkpoint)
+        self._register_load_state_dict_pre_hook(
+            self._refuse_untied_checkpoint
+        )
 
-    def _refuse_untied_checkpoint(self, state_dict: dict, prefix: str, *args) -> None:
-        # Loading writes lm_head.weight after token_embedding.weight; into one shared tensor, an untied
-        # checkpoint's head would silently overwrite its embedding.
-        embedding, head = state_dict.get(prefix + "token_embedding.weight"), state_dict.get(prefix + "lm_head.weight")
-        if (is_tied(self.lm_head.weight, self.token_embedding.weight) and embedding is not None
-                and head is not None and not torch.equal(embedding, head)):
-            raise ValueError("this TinyGPT ties lm_head to token_embedding, but the checkpoint's "
-                             "lm_head.weight and token_embedding.weight differ (an untied checkpoint): "
-                             "load it into TinyGPT(..., tie_weights=False)")
+    def _refuse_untied_checkpoint(
+        self, state_dict: dict, prefix: str, *args
+    ) -> None:
+        # Loading writes lm_head.weight after token_embedding.weight; into
+        # one shared tensor, an untied checkpoint's head would silently
+        # overwrite its embedding.
+        embedding, head = (
+            state_dict.get(prefix + "token_embedding.weight"),
+            state_dict.get(prefix + "lm_head.weight"),
+        )
+        if (
+            is_tied(self.lm_head.weight, self.token_embedding.weight)
+            and embedding is not None
+            and head is not None
+            and not torch.equal(embedding, head)
+        ):
+            raise ValueError(
+                "this TinyGPT ties lm_head to token_embedding, but the "
+                "checkpoint's "
+                "lm_head.weight and token_embedding.weight differ (an "
+                "untied checkpoint): "
+                "load it into TinyGPT(..., tie_weights=False)"
+            )
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:
@@ -144,62 +231,95 @@ class TinyGPT(nn.Module):
         if isinstance(module, nn.Linear) and module.bias is not None:
             nn.init.zeros_(module.bias)
 
-    def forward(self, token_ids: torch.Tensor, checkpoint_every: int = 0) -> torch.Tensor:
-        """``checkpoint_every=k > 0`` runs each group of ``k`` blocks under non-reentrant activation
-        checkpointing (Chapter 10): only the group's input is kept, and its activations are recomputed
-        during backward."""
+    def forward(
+        self, token_ids: torch.Tensor, checkpoint_every: int = 0
+    ) -> torch.Tensor:
+        """``checkpoint_every=k > 0`` runs each group of ``k`` blocks under
+        non-reentrant activation
+        checkpointing (Chapter 10): only the group's input is kept, and its
+        activations are recomputed during backward."""
         check_int("checkpoint_every", checkpoint_every, minimum=0)
         check_int_tensor("token_ids", token_ids, (torch.int64, torch.int32))
         if token_ids.dim() != 2 or 0 in token_ids.shape:
-            raise ValueError(f"token_ids must have shape (batch, length), got {tuple(token_ids.shape)} "
-                             "(both must be at least 1)")
+            raise ValueError(
+                "token_ids must have shape (batch, length), got "
+                f"{tuple(token_ids.shape)} "
+                "(both must be at least 1)"
+            )
         length = token_ids.shape[1]
         if length > self.max_len:
-            raise ValueError(f"sequence length {length} exceeds max_len {self.max_len}")
-        smallest, largest = torch.stack(torch.aminmax(token_ids)).tolist()   # one host sync
+            raise ValueError(
+                f"sequence length {length} exceeds max_len {self.max_len}"
+            )
+        smallest, largest = torch.stack(
+            torch.aminmax(token_ids)
+        ).tolist()  # one host sync
         if smallest < 0 or largest >= self.vocab_size:
             bad = smallest if smallest < 0 else largest
-            raise ValueError(f"token id {bad} is outside the vocabulary [0, {self.vocab_size})")
+            raise ValueError(
+                f"token id {bad} is outside the vocabulary [0, "
+                f"{self.vocab_size})"
+            )
         hidden = self.token_embedding(token_ids)
         if self.position_embedding is not None:
-            hidden = hidden + self.position_embedding(torch.arange(length, device=token_ids.device))
+            hidden = hidden + self.position_embedding(
+                torch.arange(length, device=token_ids.device)
+            )
         else:
             hidden = hidden + self.sinusoidal[:length].to(hidden.dtype)
         hidden = self.dropout(hidden)
         if checkpoint_every:
             for start in range(0, len(self.blocks), checkpoint_every):
-                group = self.blocks[start:start + checkpoint_every]
-                hidden = torch.utils.checkpoint.checkpoint(_run_blocks, group, hidden, use_reentrant=False)
+                group = self.blocks[start : start + checkpoint_every]
+                hidden = torch.utils.checkpoint.checkpoint(
+                    _run_blocks, group, hidden, use_reentrant=False
+                )
         else:
             hidden = _run_blocks(self.blocks, hidden)
         return self.lm_head(self.final_norm(hidden))
 
 
-def _run_blocks(blocks: nn.ModuleList, hidden: torch.Tensor) -> torch.Tensor:
+def _run_blocks(
+    blocks: nn.ModuleList, hidden: torch.Tensor
+) -> torch.Tensor:
     for block in blocks:
         hidden = block(hidden)
     return hidden
 
 
 def is_tied(first: torch.Tensor, second: torch.Tensor) -> bool:
-    """True only when two tensors are the same memory viewed the same way (tied weights).
+    """True only when two tensors are the same memory viewed the same way
+    (tied weights).
 
-    Taught in: Chapter 5. Equal values are not enough: a copied matrix starts equal and drifts apart at
-    the first optimizer step, the classic silent bug of weight tying. Two tensors are tied when they
-    share storage at the same offset with the same shape and strides (the same ``nn.Parameter`` twice,
-    or two views of one memory).
+    Taught in: Chapter 5. Equal values are not enough: a copied matrix
+    starts equal and drifts apart at the first optimizer step, the classic
+    silent bug of weight tying. Two tensors are tied when they share storage
+    at the same offset with the same shape and strides (the same
+    ``nn.Parameter`` twice, or two views of one memory).
 
     Raises:
         TypeError: an argument is not a tensor.
     """
     for name, tensor in (("first", first), ("second", second)):
         if not isinstance(tensor, torch.Tensor):
-            raise TypeError(f"{name} must be a tensor, got {type(tensor).__name__}")
+            raise TypeError(
+                f"{name} must be a tensor, got {type(tensor).__name__}"
+            )
     if first is second:
         return True
-    if first.is_meta or second.is_meta or first.numel() == 0 or second.numel() == 0:
-        return False   # no memory to share: separate meta or empty tensors are not tied
-    return (first.device == second.device
-            and first.untyped_storage().data_ptr() == second.untyped_storage().data_ptr()
-            and first.storage_offset() == second.storage_offset()
-            and first.shape == second.shape and first.stride() == second.stride())
+    if (
+        first.is_meta
+        or second.is_meta
+        or first.numel() == 0
+        or second.numel() == 0
+    ):
+        # no memory to share: separate meta or empty tensors are not tied
+        return False
+    return (
+        first.device == second.device
+        and first.untyped_storage().data_ptr()
+        == second.untyped_storage().data_ptr()
+        and first.storage_offset() == second.storage_offset()
+        and first.shape == second.shape
+        and first.stride() == second.stride()
+    )

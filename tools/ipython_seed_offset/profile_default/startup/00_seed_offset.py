@@ -1,10 +1,12 @@
-"""Shift every seed a chapter sets by ``GRADCOURSE_SEED_OFFSET``, with no change to the chapter's code.
+"""Shift every seed a chapter sets by ``GRADCOURSE_SEED_OFFSET``, with no
+change to the chapter's code.
 
-CI runs the chapters a second time with ``IPYTHONDIR`` pointing at the folder above this file, so every
-kernel runs this file first. Seeds set through ``torch.manual_seed``, ``torch.Generator.manual_seed``,
-``numpy.random.seed``, ``numpy.random.default_rng``, ``random.seed`` and hence
-``gradcourse.env.seed_everything`` are shifted by the offset: a claim that holds only for the seeds its
-author picked fails here.
+CI runs the chapters a second time with ``IPYTHONDIR`` pointing at the
+folder above this file, so every kernel runs this file first. Seeds set
+through ``torch.manual_seed``, ``torch.Generator.manual_seed``,
+``numpy.random.seed``, ``numpy.random.default_rng``, ``random.seed`` and
+hence ``gradcourse.env.seed_everything`` are shifted by the offset: a claim
+that holds only for the seeds its author picked fails here.
 """
 
 import os
@@ -41,6 +43,10 @@ if OFFSET:
     torch.random.manual_seed = _shifted_manual_seed
     torch.Generator = _ShiftedGenerator
     np.random.seed = lambda seed=None: _numpy_seed(_shift(seed))
-    np.random.default_rng = lambda seed=None: _numpy_default_rng(_shift(seed))
-    random.seed = lambda seed=None, *args, **kwargs: _random_seed(_shift(seed), *args, **kwargs)
+    np.random.default_rng = lambda seed=None: _numpy_default_rng(
+        _shift(seed)
+    )
+    random.seed = lambda seed=None, *args, **kwargs: _random_seed(
+        _shift(seed), *args, **kwargs
+    )
     print(f"[seed offset {OFFSET}: every seed is shifted]")
