@@ -35,8 +35,7 @@ def _as_float64(name: str, role: str, value: ArrayLike) -> torch.Tensor:
         return torch.tensor(float(value), dtype=torch.float64)
     raise TypeError(
         f"{name}: {role} must be a tensor, a numeric NumPy array or a "
-        "number, "
-        f"got {type(value).__name__}"
+        f"number, got {type(value).__name__}"
     )
 
 

@@ -23,7 +23,7 @@ from gradcourse._validate import (
 )
 
 #: The corpus file shipped inside the package, as (folder, name); built by
-# ``tools/build_corpus.py``.
+#: ``tools/build_corpus.py``.
 CORPUS_FILE = ("corpus", "stdlib_docstrings.txt.gz")
 
 END_OF_WORD = "</w>"

@@ -101,8 +101,7 @@ def _entry(
                 rank,
                 "error",
                 f"rank {rank} returned a {type(value).__name__} that "
-                "cannot be "
-                f"pickled: {error!r}",
+                f"cannot be pickled: {error!r}",
             )
     # report everything, including KeyboardInterrupt, to the parent
     except BaseException:
@@ -141,7 +140,7 @@ def _first_death(processes: list, reported: set[int]) -> str | None:
 
 
 #: Words of the errors a rank raises when a peer failed first (its
-# collective lost the connection).
+#: collective lost the connection).
 _PEER_FAILURE = (
     "Connection reset by peer",
     "Connection closed by peer",

@@ -81,10 +81,10 @@ def versions() -> dict[str, str]:
 
 
 #: When this environment variable is "1", :func:`progress` writes each bar
-# once, as one line of text : with its final state, instead of drawing a
-# live bar. The book build sets
-# it (``_ext/text_progress.py``): : a static page cannot show a Jupyter
-# widget, and a live text bar would leave one line per refresh.
+#: once, as one line of text with its final state, instead of drawing a
+#: live bar. The book build sets it (``_ext/text_progress.py``): a static
+#: page cannot show a Jupyter widget, and a live text bar would leave one
+#: line per refresh.
 TEXT_PROGRESS_VARIABLE = "GRADCOURSE_TEXT_PROGRESS"
 
 

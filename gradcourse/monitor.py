@@ -149,8 +149,7 @@ class GradientMonitor:
         ):
             raise ValueError(
                 "histogram_range must be (low, high), finite numbers with "
-                "low < high, "
-                f"got {histogram_range!r}"
+                f"low < high, got {histogram_range!r}"
             )
         self.model, self.optimizer = model, optimizer
         self.every, self.histograms, self.detail_every, self.bins = (
@@ -233,8 +232,7 @@ class GradientMonitor:
         if self._closed:
             raise RuntimeError(
                 "this GradientMonitor was closed; build a new one to "
-                "monitor again "
-                "(a closed monitor keeps its history)"
+                "monitor again (a closed monitor keeps its history)"
             )
         if self._handles:
             raise RuntimeError("GradientMonitor is already attached")

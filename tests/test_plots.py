@@ -7,8 +7,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-# noqa: E402
-from gradcourse.plots import (
+from gradcourse.plots import (  # noqa: E402
     PALETTE,
     label,
     layer_histograms,

@@ -67,7 +67,6 @@ def serve(folder: Path) -> Iterator[str]:
 
 
 class QuietHandler(http.server.SimpleHTTPRequestHandler):
-    # noqa: A002 (the base class's name)
     def log_message(self, format: str, *args: object) -> None:
         pass
 
@@ -164,8 +163,7 @@ def check_page(
             problems.append(f"no {service} link {link}")
     print(
         f"{chapter}: {len(outputs)} outputs, {len(images)} figures, "
-        f"{len(math)} math elements, "
-        f"{len(citations)} citation links"
+        f"{len(math)} math elements, {len(citations)} citation links"
     )
     return problems
 

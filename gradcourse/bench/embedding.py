@@ -166,8 +166,7 @@ def format_table(
 ) -> str:
     lines = [
         f"embedding backward: vocab {vocab}, dim {dim}, tokens {tokens} "
-        f"({unique} distinct, Zipfian), "
-        f"{dtype} on {device}",
+        f"({unique} distinct, Zipfian), {dtype} on {device}",
         f"{'method':<30} {'median ms':>10} {'vs pytorch':>11} {'GB/s':>8} "
         f"{'gradient bytes':>15}",
     ]

@@ -243,8 +243,7 @@ class TinyGPT(nn.Module):
         if token_ids.dim() != 2 or 0 in token_ids.shape:
             raise ValueError(
                 "token_ids must have shape (batch, length), got "
-                f"{tuple(token_ids.shape)} "
-                "(both must be at least 1)"
+                f"{tuple(token_ids.shape)} (both must be at least 1)"
             )
         length = token_ids.shape[1]
         if length > self.max_len:
