@@ -49,16 +49,21 @@ def mlp_gradient_norms(
     targets: torch.Tensor,
     loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
 ) -> dict[str, torch.Tensor]:
-    """One forward and backward pass; the gradient norm of every layer, two
-    ways.
+    """One forward and backward pass; the gradient norm of every layer,
+    three ways.
+
+    Taught in: Chapter 6.
 
     Returns:
-        ``{"weights": (depth,), "activations": (depth,)}``: ``||dL/dW_l||``
-            of each linear layer's weight,
-        and ``||dL/ds_l||`` of its output ``s_l`` (the back-propagated
-            gradient, summed over the batch
-        as autograd gives it). Layer 0 is the input layer. The model's
-            ``.grad`` fields are left set.
+        ``{"weights": (depth,), "activations": (depth,),
+        "per_example_weights": (depth,)}``. ``weights``: ``||dL/dW_l||`` of
+        each linear layer's weight. ``activations``: ``||dL/ds_l||`` of
+        its output ``s_l`` (the back-propagated gradient, summed over the
+        batch as autograd gives it). ``per_example_weights``: the batch
+        gradient is a sum of one outer product ``delta_i a_i^T`` per
+        example (``delta_i`` the row of ``dL/ds_l``, ``a_i`` the layer's
+        input); the mean of their norms ``|delta_i| |a_i|``. Layer 0 is
+        the input layer. The model's ``.grad`` fields are left set.
 
     Raises:
         TypeError: ``model`` is not a :class:`~gradcourse.models.MLP`.
@@ -69,7 +74,20 @@ def mlp_gradient_norms(
             f"{type(model).__name__}"
         )
     model.zero_grad(set_to_none=True)
-    outputs, pre_activations = model(inputs, return_pre_activations=True)
+    layer_inputs = []
+    hooks = [
+        layer.register_forward_pre_hook(
+            lambda _, args: layer_inputs.append(args[0].detach())
+        )
+        for layer in model.linears
+    ]
+    try:
+        outputs, pre_activations = model(
+            inputs, return_pre_activations=True
+        )
+    finally:
+        for hook in hooks:
+            hook.remove()
     for pre_activation in pre_activations:
         pre_activation.retain_grad()
     loss_fn(outputs, targets).backward()
@@ -83,6 +101,12 @@ def mlp_gradient_norms(
         ),
         "activations": torch.stack(
             [s.grad.norm() for s in pre_activations]
+        ),
+        "per_example_weights": torch.stack(
+            [
+                (s.grad.norm(dim=1) * a.norm(dim=1)).mean()
+                for s, a in zip(pre_activations, layer_inputs)
+            ]
         ),
     }
 

@@ -54,15 +54,26 @@ def test_setup_cell_installs_from_the_repository_in_config():
     url = yaml.safe_load((ROOT / "_config.yml").read_text())["repository"][
         "url"
     ]
-    assert f'"gradcourse @ git+{url}"' in setup_cell.setup_cell_source()
+    source = setup_cell.setup_cell_source()
+    assert f'REPOSITORY = "{url}"' in source
+    assert '%pip install --quiet "gradcourse @ git+$REPOSITORY"' in source
+
+
+def test_setup_cell_pip_line_expands_to_the_repository_in_ipython():
+    from IPython.core.interactiveshell import InteractiveShell
+
+    shell = InteractiveShell.instance()
+    shell.user_ns["REPOSITORY"] = "https://example.org/fork/gradcourse"
+    pip_line = '"gradcourse @ git+$REPOSITORY"'
+    assert (
+        shell.var_expand(pip_line)
+        == '"gradcourse @ git+https://example.org/fork/gradcourse"'
+    )
 
 
 def test_setup_cell_follows_a_moved_repository():
-    assert (
-        "git+https://example.org/fork/gradcourse"
-        in setup_cell.setup_cell_source(
-            "https://example.org/fork/gradcourse"
-        )
+    assert 'REPOSITORY = "https://example.org/fork/gradcourse"' in (
+        setup_cell.setup_cell_source("https://example.org/fork/gradcourse")
     )
 
 

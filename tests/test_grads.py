@@ -24,6 +24,17 @@ def test_mlp_weight_norms_match_autograd():
     torch.testing.assert_close(norms["weights"], expected)
 
 
+def test_per_example_weight_norms_of_one_example_are_the_weight_norms():
+    torch.manual_seed(0)
+    model = MLP(4, 8, 3, 2, activation="tanh").double()
+    inputs = torch.randn(1, 3, dtype=torch.float64)
+    targets = torch.randn(1, 2, dtype=torch.float64)
+    norms = mlp_gradient_norms(model, inputs, targets, F.mse_loss)
+    torch.testing.assert_close(
+        norms["per_example_weights"], norms["weights"]
+    )
+
+
 def test_mlp_activation_gradient_of_the_last_layer_is_the_loss_derivative():
     torch.manual_seed(0)
     model = MLP(3, 8, 3, 2).double()

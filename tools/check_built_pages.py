@@ -15,7 +15,13 @@ For each chapter listed in ``_toc.yml`` the page is served from
   widgets add none);
 - at least one citation linking to the references page;
 - Colab and Binder launch links pointing at this chapter's notebook in the
-  repository.
+  repository;
+- code that fits the page: in a 1280-px window, at most
+  ``MAX_OVERFLOW_SHARE`` of the visible code and output blocks
+  (``div.cell_input pre``, ``div.cell_output pre``) are wider than their
+  column (a horizontal scroll bar). The server adds a small script to each
+  page that measures ``scrollWidth`` against ``clientWidth`` after load and
+  writes the counts into the DOM, which ``--dump-dom`` then carries out.
 
 Usage: ``python tools/check_built_pages.py _build/html``. Exit status 1
 lists every failed check.
@@ -26,6 +32,8 @@ from __future__ import annotations
 import contextlib
 import functools
 import http.server
+import io
+import json
 import shutil
 import subprocess
 import sys
@@ -48,7 +56,45 @@ CHROMIUM_FLAGS = [
     "--disable-sync",
     "--disable-dev-shm-usage",
     "--virtual-time-budget=30000",
+    "--window-size=1280,900",
+    "--hide-scrollbars",
 ]
+
+#: At most this share of a page's code and output blocks may overflow.
+MAX_OVERFLOW_SHARE = 0.10
+
+#: Added to every served page: after load, count the visible code and
+#: output blocks and those wider than their column, and keep the widest
+#: line of each overflowing block (for the report).
+MEASURE_OVERFLOW = b"""<script>
+window.addEventListener("load", () => setTimeout(() => {
+  const blocks = [...document.querySelectorAll(
+    "div.cell_input pre, div.cell_output pre")].filter(
+    (block) => block.clientWidth > 0);
+  const wide = blocks.filter(
+    (block) => block.scrollWidth > block.clientWidth + 1);
+  const report = document.createElement("div");
+  report.id = "overflow-report";
+  report.dataset.blocks = blocks.length;
+  report.dataset.overflowing = wide.length;
+  const code = document.querySelector("div.cell_input pre");
+  if (code) {  // how many characters a code line can hold
+    const probe = document.createElement("span");
+    probe.textContent = "x".repeat(100);
+    code.appendChild(probe);
+    const style = getComputedStyle(code);
+    const inner = code.clientWidth - parseFloat(style.paddingLeft)
+      - parseFloat(style.paddingRight);
+    report.dataset.columns = Math.floor(
+      inner / (probe.getBoundingClientRect().width / 100));
+    probe.remove();
+  }
+  report.textContent = JSON.stringify(wide.map((block) =>
+    block.textContent.split("\\n").reduce(
+      (a, b) => (b.length > a.length ? b : a), "")));
+  document.body.appendChild(report);
+}, 1000));
+</script>"""
 
 
 @contextlib.contextmanager
@@ -67,8 +113,23 @@ def serve(folder: Path) -> Iterator[str]:
 
 
 class QuietHandler(http.server.SimpleHTTPRequestHandler):
+    """Serves the site quietly, adding MEASURE_OVERFLOW to each page."""
+
     def log_message(self, format: str, *args: object) -> None:
         pass
+
+    def send_head(self):
+        path = Path(self.translate_path(self.path))
+        if path.suffix != ".html" or not path.is_file():
+            return super().send_head()
+        body = path.read_bytes().replace(
+            b"</body>", MEASURE_OVERFLOW + b"</body>"
+        )
+        self.send_response(200)
+        self.send_header("Content-Type", "text/html; charset=utf-8")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        return io.BytesIO(body)
 
 
 def rendered_dom(browser: str, url: str) -> str:
@@ -161,11 +222,43 @@ def check_page(
     for service, link in expected_links.items():
         if link not in hrefs:
             problems.append(f"no {service} link {link}")
+    blocks, wide_lines, columns = overflow(soup)
+    share = len(wide_lines) / max(blocks, 1)
+    if blocks == 0:
+        problems.append(
+            "no overflow report: the measuring script did not run"
+        )
+    elif share > MAX_OVERFLOW_SHARE:
+        examples = "; ".join(repr(line[:90]) for line in wide_lines[:3])
+        problems.append(
+            f"{len(wide_lines)} of {blocks} code and output blocks "
+            f"({share:.0%}) overflow at 1280 px, more than "
+            f"{MAX_OVERFLOW_SHARE:.0%}; widest lines: {examples}"
+        )
     print(
         f"{chapter}: {len(outputs)} outputs, {len(images)} figures, "
-        f"{len(math)} math elements, {len(citations)} citation links"
+        f"{len(math)} math elements, {len(citations)} citation links, "
+        f"{len(wide_lines)}/{blocks} blocks overflow, "
+        f"code lines of {columns} characters fit"
     )
+    for line in wide_lines:
+        print(f"    overflows: {line[:100]!r}")
     return problems
+
+
+def overflow(soup: BeautifulSoup) -> tuple[int, list[str], int | None]:
+    """(visible code and output blocks, widest line of each one that
+    overflows, characters a code line can hold), from the report
+    MEASURE_OVERFLOW wrote into the DOM."""
+    report = soup.find(id="overflow-report")
+    if report is None:
+        return 0, [], None
+    columns = report.get("data-columns")
+    return (
+        int(report["data-blocks"]),
+        json.loads(report.get_text()),
+        int(columns) if columns else None,
+    )
 
 
 def main(argv: list[str]) -> int:

@@ -30,7 +30,8 @@ TEMPLATE = """\
 from importlib.util import find_spec
 
 if find_spec("gradcourse") is None:  # on Colab, or wherever it is missing
-    %pip install --quiet "gradcourse @ git+{url}"
+    REPOSITORY = "{url}"
+    %pip install --quiet "gradcourse @ git+$REPOSITORY"
 from gradcourse.env import device, seed_everything, versions
 from gradcourse.plots import use_style
 
