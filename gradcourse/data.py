@@ -226,7 +226,7 @@ def train_bpe(text: str, num_merges: int) -> list[tuple[str, str]]:
 
     Returns:
         The merges in the order learned; :func:`encode` applies them in that
-            order.
+        order.
     """
     check_positive_int("num_merges", num_merges)
     vocabulary = collections.Counter(

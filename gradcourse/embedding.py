@@ -117,8 +117,8 @@ def embedding_backward(
 
     Returns:
         ``(num_embeddings, dim)`` tensor with the dtype and device of
-            ``grad_output``: equal to the
-        ``weight.grad`` that PyTorch's own backward produces.
+        ``grad_output``: equal to the ``weight.grad`` that PyTorch's own
+        backward produces.
 
     Raises:
         TypeError: ids are not integers, ``grad_output`` is not floating
@@ -221,7 +221,7 @@ def split_embedding_parameters(
 
     Returns:
         ``(embedding_parameters, other_parameters)``; together they hold
-            every trainable parameter once.
+        every trainable parameter once.
 
     Raises:
         TypeError: ``model`` is not an ``nn.Module``.
@@ -281,9 +281,8 @@ def tied_gradient_parts(
 
     Returns:
         ``(lookup_part, projection_part)``, each ``(vocab_size, d_model)``:
-            the lookup part is nonzero only
-        in the rows of ids in ``token_ids``; the projection part reaches
-            every row.
+        the lookup part is nonzero only in the rows of ids in ``token_ids``;
+        the projection part reaches every row.
 
     Raises:
         TypeError: ``model`` lacks ``token_embedding`` or ``lm_head``, or

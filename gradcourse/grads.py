@@ -57,13 +57,13 @@ def mlp_gradient_norms(
     Returns:
         ``{"weights": (depth,), "activations": (depth,),
         "per_example_weights": (depth,)}``. ``weights``: ``||dL/dW_l||`` of
-        each linear layer's weight. ``activations``: ``||dL/ds_l||`` of
-        its output ``s_l`` (the back-propagated gradient, summed over the
-        batch as autograd gives it). ``per_example_weights``: the batch
-        gradient is a sum of one outer product ``delta_i a_i^T`` per
-        example (``delta_i`` the row of ``dL/ds_l``, ``a_i`` the layer's
-        input); the mean of their norms ``|delta_i| |a_i|``. Layer 0 is
-        the input layer. The model's ``.grad`` fields are left set.
+        each linear layer's weight. ``activations``: ``||dL/ds_l||`` of its
+        output ``s_l`` (the back-propagated gradient, summed over the batch
+        as autograd gives it). ``per_example_weights``: the batch gradient
+        is a sum of one outer product ``delta_i a_i^T`` per example
+        (``delta_i`` the row of ``dL/ds_l``, ``a_i`` the layer's input); the
+        mean of their norms ``|delta_i| |a_i|``. Layer 0 is the input layer.
+        The model's ``.grad`` fields are left set.
 
     Raises:
         TypeError: ``model`` is not a :class:`~gradcourse.models.MLP`.
@@ -127,7 +127,7 @@ def hidden_state_gradients(
 
     Returns:
         ``(T,)`` norms (over the batch and the hidden units). Steps after
-            the last one the loss reads are 0.
+        the last one the loss reads are 0.
 
     Raises:
         TypeError: ``rnn`` is not a :class:`~gradcourse.models.RNN`.

@@ -11,9 +11,11 @@ copyright the Python Software Foundation, used under the PSF License
 Agreement; ``gradcourse/corpus/LICENSE-PSF.txt`` keeps the notice (copied
 from this interpreter's own ``LICENSE.txt``).
 
-    python tools/build_corpus.py           # rebuild (run with CPython 3.11,
-    as the committed file was) python tools/build_corpus.py --check   # exit
-    1 if the committed file differs from a fresh build
+Rebuild it (with CPython 3.11, as the committed file was), or exit 1 if the
+committed file differs from a fresh build::
+
+    python tools/build_corpus.py
+    python tools/build_corpus.py --check
 
 After a rebuild, update the hash pinned in ``tests/test_data.py``.
 """

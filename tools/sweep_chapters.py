@@ -9,61 +9,15 @@ path, then prints one row per chapter and run: ``ok`` with the time, or the
 first failing cell and its error. Then, for every number the chapters glue
 (``gradcourse.book.glue``: the statistics their assertions test), the
 smallest and largest value over the runs: the margins of the assertions come
-from this table.
+from this table. ``tools/SWEEP_MARGINS.md`` keeps the last table, with the
+threshold each assertion uses.
 
-    python tools/sweep_chapters.py --offsets 0-9                  # ten seed
-    offsets, every chapter python tools/sweep_chapters.py --offsets 3
-    --capability avx2 chapters/06_*.ipynb
+Ten seed offsets, every chapter; then offset 3 on the AVX2 kernels, one
+chapter::
 
-The last sweep (offsets 12-23, this machine's AVX-512 kernels), with the
-threshold each assertion uses; the thresholds leave room for the spread seen
-here and over offsets 0-11 before it:
-
-    chapter glued number                 min         max   assertion
-    02      spread_ratio            0.001863    0.006459   < 0.2
-    04      clip_embedding_only_cos   0.9991      0.9995   < 1 - 1e-12, =
-    formula to 1e-12 (float64) 04      most_updates_share        0.9967
-    1   >= 0.95 04      row_gradient_slope_after  0.7962      0.8441   in
-    (0.5, 1) 04      row_gradient_slope_at     0.6489      0.6693   in (0.5,
-    1) 04      update_slope              0.9515      0.9538   in (0.7, 1]
-    05      alias_adam_gap              0.01        0.01   > 1e-4
-    05      probe_worst_over_chance    2.142       3.469   > 1.5
-    05      tied_unseen_cosine        0.9639       0.974   > 0.5
-    05      tied_unseen_growth         5.152       5.676   > 1
-    05      untied_unseen_cosine    -0.02506    0.007019   < 0.5
-    06      deep_kaiming_median     0.003283     0.01469   < ln 10 - 1.5 =
-    0.80 06      deep_xavier_largest_gap  0.00154    0.004708   < 0.02
-    06      deep_signal_ratio      1.762e-05    3.94e-05   (Xavier < 1e-3 <
-    0.1 < Kaiming) 06      lstm_over_vanilla          22.45       198.7   >
-    1 07      batchnorm_others_moved     1.064       1.458   > 0.01
-    07      bn_relu_deepest            168.4       204.5   > 5
-    07      bn_tanh_deepest            11.73        12.7   > 5
-    07      bn_relu_over_plain         123.7       227.2   > 5
-    07      bn_tanh_over_plain         65.09       78.65   > 5
-    07      post_over_pre_gpt2        0.1187      0.1268   < 1
-    07      post_over_pre_xavier       2.719       3.216   > 1
-    07      residual_scaled_deepest     17.6       25.12   < 100
-    07      residual_unscaled_deepest 1.2e+06    2.6e+06   > 1e4
-    07      slope_gpt2_post         -0.02254    0.001068   |.| < 0.2
-    07      slope_gpt2_pre           -0.4918     -0.4339   < -0.3
-    07      slope_xavier_post       -0.02793     0.08219   |.| < 0.2
-    07      slope_xavier_pre         -0.6609     -0.5396   in (-0.8, -0.35)
-    07      warmup_least_drop          1.448       1.677   > 0
-    08      rnn_clipped_held_out     0.05076      0.3188   < 0.4 (150 steps
-    here; now 300: 0.035-0.133
-                                                            over 40 offsets
-                                                            in a separate
-                                                            run)
-    08      rnn_largest_norm           188.7        3628   > 10
-    08      rnn_unclipped_diverged_at      1           1   < 10
-    09      divergence_min_growth      4.344        6.25   > 3 (by
-    construction) 09      divergence_first_alarm         2           2   <=
-    3 (by construction) 10      batchnorm_accumulation_err 0.1038     0.5274
-    > 1e-3 10      fp16_damaged_best      0.0007464   0.0007704   < 0.01
-    10      fp16_damaged_unscaled       0.14      0.1698   > 0.05
-    10      fp16_overflow_largest_sc  0.6421       0.721   > 0.01
-    10      unequal_split_error      0.05674      0.1582   > 1e-3
-    10      unscale_step_ratio     2.451e-05   6.797e-05   < 1e-3
+    python tools/sweep_chapters.py --offsets 0-9
+    python tools/sweep_chapters.py --offsets 3 --capability avx2 \\
+        chapters/06_*.ipynb
 """
 
 from __future__ import annotations
