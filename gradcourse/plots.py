@@ -18,7 +18,7 @@ import torch
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from gradcourse._validate import check_positive_int
+from gradcourse._validate import check_number, check_positive_int
 
 #: Okabe & Ito's colour-blind-safe palette, in the order lines are drawn.
 PALETTE: tuple[str, ...] = (
@@ -242,23 +242,44 @@ def histogram_over_time(history: Mapping, layer: str) -> Figure:
     return fig
 
 
-def update_ratio_lines(history: Mapping) -> Figure:
+def update_ratio_lines(
+    history: Mapping, reference: float | None = 1e-3
+) -> Figure:
     """Update-to-weight ratio of every layer over the steps where it was
-    measured (Chapter 9), log scale."""
+    measured (Chapter 9), log scale, one labelled line per layer; a dashed
+    line at ``reference`` (the common rule of thumb, about 1e-3), or none
+    if ``reference`` is None."""
     _check_history(history, "update_ratios", "steps", "layer_names")
+    if reference is not None:
+        check_number("reference", reference, minimum=0, strict=True)
+    names = history["layer_names"]
     measured = ~np.isnan(history["update_ratios"]).all(1)
-    fig, ax = subplots(width=7.0)
-    for layer in range(len(history["layer_names"])):
+    colors = plt.get_cmap("viridis")(np.linspace(0, 0.9, len(names)))
+    fig, ax = subplots(width=9.0)
+    for layer, name in enumerate(names):
         ax.semilogy(
             history["steps"][measured],
             history["update_ratios"][measured, layer],
             linewidth=1,
-            alpha=0.7,
+            alpha=0.8,
+            color=colors[layer],
+            label=name,
+        )
+    if reference is not None:
+        ax.axhline(
+            reference,
+            color="black",
+            linestyle="--",
+            linewidth=1,
+            label=f"rule of thumb {reference:g}",
         )
     label(
         ax,
         "step",
         "||update|| / ||weights|| (per layer)",
         "Update-to-weight ratio, one line per layer",
+    )
+    ax.legend(
+        fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5), ncol=1
     )
     return fig

@@ -157,3 +157,19 @@ def test_monitor_plots_refuse_an_empty_history():
                 "layer_names": ["a", "b"],
             }
         )
+
+
+def test_update_ratio_lines_legend_has_each_layer_and_the_reference():
+    from gradcourse.plots import update_ratio_lines
+
+    history = _history()
+    fig = update_ratio_lines(history)
+    labels = [text.get_text() for text in fig.axes[0].get_legend().texts]
+    assert labels == [*history["layer_names"], "rule of thumb 0.001"]
+
+
+def test_update_ratio_lines_refuses_a_non_positive_reference():
+    from gradcourse.plots import update_ratio_lines
+
+    with pytest.raises(ValueError, match="reference"):
+        update_ratio_lines(_history(), reference=0.0)
