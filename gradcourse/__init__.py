@@ -1,7 +1,7 @@
 """gradcourse: the helper package of the book *How gradients flow*.
 
-Every module is small and is taught by a chapter of the book; its docstrings
-say which.
+Every module is small and is taught by a chapter of the book; its
+docstrings say which.
 
 - :mod:`gradcourse.env`        device, seeding, versions, progress bars
   (every chapter's setup cell)
@@ -9,17 +9,18 @@ say which.
   (every chapter that quotes one)
 - :mod:`gradcourse.check`      compare with autograd and finite differences
   (Chapter 1, then everywhere)
-- :mod:`gradcourse.autodiff`   a tiny scalar reverse-mode engine (Chapter 1)
+- :mod:`gradcourse.autodiff`   a tiny scalar reverse-mode engine (Chapter
+  1)
 - :mod:`gradcourse.measure`    fitting measured curves: log-log slopes
   (Chapters 1, 2, 4, 7)
 - :mod:`gradcourse.plots`      the house style of every figure; per-layer
   histograms (Chapters 2, 9)
 - :mod:`gradcourse.embedding`  the embedding backward four ways, its sparse
   form, tied parts (Chapters 3-5)
-- :mod:`gradcourse.data`       Zipfian ids, an offline corpus, tokenizers, a
-  small BPE (Chapters 3-5, 7, 9)
-- :mod:`gradcourse.models`     TinyGPT (Chapters 3-5, 7, 9, 10), MLP and RNN
-  (Chapters 6-8, 10)
+- :mod:`gradcourse.data`       Zipfian ids, an offline corpus, tokenizers,
+  a small BPE (Chapters 3-5, 7, 9)
+- :mod:`gradcourse.models`     TinyGPT (Chapters 3-5, 7, 9, 10), MLP and
+  RNN (Chapters 6-8, 10)
 - :mod:`gradcourse.grads`      per-layer and across-time gradient norms
   (Chapters 6, 7)
 - :mod:`gradcourse.monitor`    GradientMonitor (Chapter 9, then Chapters 6

@@ -55,8 +55,8 @@ def check_number(
 
 
 def check_choice(name: str, value: object, choices: Collection) -> None:
-    """Raise ``ValueError`` unless ``value`` is one of ``choices`` (named in
-    the message)."""
+    """Raise ``ValueError`` unless ``value`` is one of ``choices`` (named
+    in the message)."""
     if value not in tuple(choices):
         raise ValueError(
             f"{name} must be one of {tuple(choices)}, got {value!r}"

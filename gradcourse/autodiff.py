@@ -4,7 +4,8 @@ spirit of micrograd.
 Taught in: Chapter 1 (reverse mode by hand). Each operation records its
 inputs and a closure that applies the chain rule locally;
 :meth:`Value.backward` visits the graph in reverse topological order, so
-every node's gradient is complete (all paths summed) before it is passed on.
+every node's gradient is complete (all paths summed) before it is passed
+on.
 
     >>> a = Value(2.0)
     >>> b = a * a + a          # a is used three times
@@ -39,8 +40,8 @@ class Value:
     Attributes:
         data: the value (a Python float).
         grad: d(output)/d(self) after ``output.backward()``; 0.0 before.
-        parents: the ``Value`` objects this one was computed from (empty for
-            a leaf).
+        parents: the ``Value`` objects this one was computed from (empty
+            for a leaf).
         op: the name of the operation that made it (``""`` for a leaf), for
             printing graphs.
     """
@@ -67,7 +68,8 @@ class Value:
             else Value(_check_number(other, "operand"))
         )
 
-    # --- operations: each sets out._backward to the local chain rule ------
+    # --- operations: each sets out._backward to the local chain rule
+    # ------
     def __add__(self, other: Value | float) -> Value:
         other = self._lift(other)
         out = Value(self.data + other.data, (self, other), "+")
@@ -167,7 +169,8 @@ class Value:
         out._backward = _backward
         return out
 
-    # --- derived operations -----------------------------------------------
+    # --- derived operations
+    # -----------------------------------------------
     def __neg__(self) -> Value:
         return self * -1.0
 
@@ -194,15 +197,16 @@ class Value:
     def __rtruediv__(self, other: float) -> Value:
         return self._lift(other) / self
 
-    # --- reverse mode -----------------------------------------------------
+    # --- reverse mode
+    # -----------------------------------------------------
     def graph(self) -> list[Value]:
         """Every node this value depends on, itself included, inputs before
         outputs (topological order)."""
         order: list[Value] = []
         visited: set[int] = set()
         stack: list[tuple[Value, bool]] = [(self, False)]
-        # iterative depth-first search: deep graphs do not hit the recursion
-        # limit
+        # iterative depth-first search: deep graphs do not hit the
+        # recursion limit
         while stack:
             node, children_done = stack.pop()
             if children_done:
@@ -221,7 +225,8 @@ class Value:
         Unlike PyTorch, the graph's gradients are reset to zero first, so
         calling ``backward`` twice gives the same gradients rather than
         twice them. Within one call, a node used several times receives the
-        sum of the gradients along every path (the multivariate chain rule).
+        sum of the gradients along every path (the multivariate chain
+        rule).
         """
         order = self.graph()
         for node in order:

@@ -3,8 +3,9 @@ of typing them in.
 
 Taught in: every chapter that quotes a measured number. In the built book,
 ``{glue:text}`name:.3f``` in a Markdown cell shows the value the code cell
-glued; where myst-nb is not installed (Colab, a plain Jupyter), :func:`glue`
-does nothing but return the value, so the notebook runs unchanged.
+glued; where myst-nb is not installed (Colab, a plain Jupyter),
+:func:`glue` does nothing but return the value, so the notebook runs
+unchanged.
 """
 
 from __future__ import annotations
@@ -24,9 +25,9 @@ def glue(name: str, value: T, *, display: bool = False) -> T:
     Args:
         name: the key that ``{glue:text}`name``` refers to; a non-empty
             ``str``.
-        value: any object; numbers are what the prose quotes. A NumPy scalar
-            or a one-element tensor is glued as the Python number it holds,
-            so the prose shows ``0.25``, not ``np.float64(0.25)``.
+        value: any object; numbers are what the prose quotes. A NumPy
+            scalar or a one-element tensor is glued as the Python number it
+            holds, so the prose shows ``0.25``, not ``np.float64(0.25)``.
         display: also show the value under the cell (default: recorded
             only).
 

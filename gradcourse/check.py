@@ -1,7 +1,7 @@
 """Checking gradients: compare two results, and finite differences.
 
-Taught in: Chapter 1 (finite differences vs autograd); used by the checks of
-every chapter.
+Taught in: Chapter 1 (finite differences vs autograd); used by the checks
+of every chapter.
 """
 
 from __future__ import annotations
@@ -90,7 +90,9 @@ def compare(
         print(f"{name}: exact")
         return True
     max_abs_diff = (
-        (ours_t - reference_t).abs().max().item() if ours_t.numel() else 0.0
+        (ours_t - reference_t).abs().max().item()
+        if ours_t.numel()
+        else 0.0
     )
     close = finite and torch.allclose(
         ours_t, reference_t, atol=atol, rtol=rtol
@@ -130,13 +132,13 @@ def finite_difference_grad(
     """Gradient of a scalar function by central differences: ``(f(x + eps
     e_i) - f(x - eps e_i)) / 2 eps``.
 
-    The error is ``O(eps**2)`` from truncation plus ``O(machine_eps / eps)``
-    from round-off (Chapter 1 plots both), so use float64 and ``eps`` near
-    ``1e-6``.
+    The error is ``O(eps**2)`` from truncation plus ``O(machine_eps /
+    eps)`` from round-off (Chapter 1 plots both), so use float64 and
+    ``eps`` near ``1e-6``.
 
     Args:
-        f: maps a tensor shaped like ``x`` to a scalar (a one-element tensor
-            or a float).
+        f: maps a tensor shaped like ``x`` to a scalar (a one-element
+            tensor or a float).
         x: a floating-point tensor of any shape; it is not modified.
         eps: the step, a finite number > 0.
 

@@ -1,9 +1,9 @@
 """Data that needs no download: Zipfian token ids, a text corpus from
 Python's own docstrings, tokenizers and a small byte-pair encoding.
 
-Taught in: Chapter 4 (token frequency: Zipfian ids, subword pieces shared by
-many words); the corpus and tokenizers are reused by the chapters that train
-TinyGPT.
+Taught in: Chapter 4 (token frequency: Zipfian ids, subword pieces shared
+by many words); the corpus and tokenizers are reused by the chapters that
+train TinyGPT.
 """
 
 from __future__ import annotations
@@ -67,8 +67,8 @@ def stdlib_corpus(max_chars: int | None = None) -> str:
 
     The text was built once (``tools/build_corpus.py``, CPython 3.11) and
     ships gzip-compressed inside the package, so it is the same on every
-    Python version, under ``python -OO`` and on every device. The docstrings
-    are CPython's, under the PSF License
+    Python version, under ``python -OO`` and on every device. The
+    docstrings are CPython's, under the PSF License
     (``gradcourse/corpus/LICENSE-PSF.txt``).
 
     Args:
@@ -153,7 +153,8 @@ class WordTokenizer:
         counts = collections.Counter(words(text))
         if not counts:
             raise ValueError(
-                "WordTokenizer needs a training text with at least one word"
+                "WordTokenizer needs a training text with at least one "
+                "word"
             )
         ranked = sorted(counts, key=lambda word: (-counts[word], word))
         keep = ranked if max_vocab is None else ranked[: max_vocab - 1]
@@ -181,8 +182,8 @@ class WordTokenizer:
 
 
 def _checked_ids(token_ids: torch.Tensor, vocab_size: int) -> list[int]:
-    """``token_ids`` as a list of ints in ``[0, vocab_size)``; a negative id
-    would index from the end."""
+    """``token_ids`` as a list of ints in ``[0, vocab_size)``; a negative
+    id would index from the end."""
     check_int_tensor("token_ids", token_ids)
     ids = token_ids.reshape(-1).tolist()
     bad = next((i for i in ids if not 0 <= i < vocab_size), None)
@@ -225,8 +226,8 @@ def train_bpe(text: str, num_merges: int) -> list[tuple[str, str]]:
     held the pair.
 
     Returns:
-        The merges in the order learned; :func:`encode` applies them in that
-        order.
+        The merges in the order learned; :func:`encode` applies them in
+        that order.
     """
     check_positive_int("num_merges", num_merges)
     vocabulary = collections.Counter(
@@ -300,14 +301,14 @@ def encode(text: str, merges: list[tuple[str, str]]) -> list[str]:
 def random_windows(
     token_ids: torch.Tensor, batch_size: int, length: int, *, seed: int = 0
 ):
-    """Endless batches of random windows of a token sequence, for next-token
-    training.
+    """Endless batches of random windows of a token sequence, for
+    next-token training.
 
     Taught in: Chapter 7 and Chapter 9 (training TinyGPT on the corpus).
     Yields ``(inputs, targets)``, each ``(batch_size, length)`` on
-    ``token_ids``' device, with ``targets`` the inputs shifted by one token.
-    The window starts come from a CPU generator seeded with ``seed``, so a
-    run repeats exactly.
+    ``token_ids``' device, with ``targets`` the inputs shifted by one
+    token. The window starts come from a CPU generator seeded with
+    ``seed``, so a run repeats exactly.
 
     Raises:
         TypeError / ValueError: ``token_ids`` is not a 1-D integer tensor

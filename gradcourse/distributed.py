@@ -9,9 +9,9 @@ returned. If a worker raises, the others are stopped — they may be waiting
 in a collective that will never complete — and the error is raised in the
 caller with the failing rank's traceback; no process is left behind.
 
-Workers must be importable functions (``spawn`` pickles them by name), which
-is why the chapter's workers live here: :func:`data_parallel_checks` and
-:func:`failing_worker`.
+Workers must be importable functions (``spawn`` pickles them by name),
+which is why the chapter's workers live here: :func:`data_parallel_checks`
+and :func:`failing_worker`.
 """
 
 from __future__ import annotations
@@ -38,7 +38,8 @@ from gradcourse.grads import flat_grad
 
 
 class WorkerError(RuntimeError):
-    """A worker process raised; the message holds its rank and traceback."""
+    """A worker process raised; the message holds its rank and
+    traceback."""
 
 
 def default_backend(world_size: int) -> str:
@@ -176,9 +177,14 @@ def _failure_report(
     death = _first_death(processes, set(outputs) | set(errors))
     ranked = sorted(
         errors,
-        key=lambda r: (any(word in errors[r] for word in _PEER_FAILURE), r),
+        key=lambda r: (
+            any(word in errors[r] for word in _PEER_FAILURE),
+            r,
+        ),
     )
-    first = f"rank {ranked[0]} of {world_size} failed:\n{errors[ranked[0]]}"
+    first = (
+        f"rank {ranked[0]} of {world_size} failed:\n{errors[ranked[0]]}"
+    )
     others = "".join(
         f"\nthen rank {r} failed too: {errors[r].strip().splitlines()[-1]}"
         for r in ranked[1:]
@@ -209,10 +215,10 @@ def launch(
     """Run ``worker(rank, world_size, *args)`` in ``world_size`` processes;
     return the results by rank.
 
-    The workers are not daemons (they may start processes of their own, such
-    as ``DataLoader`` workers); each runs in its own process group, which is
-    killed when the launch ends, whatever happened. Results come back by
-    plain pickling, so they must be picklable.
+    The workers are not daemons (they may start processes of their own,
+    such as ``DataLoader`` workers); each runs in its own process group,
+    which is killed when the launch ends, whatever happened. Results come
+    back by plain pickling, so they must be picklable.
 
     Raises:
         TypeError: ``worker`` cannot be pickled by name (a lambda, or a
@@ -238,7 +244,8 @@ def launch(
             raise pickle.PicklingError("defined in __main__")
     except (pickle.PicklingError, AttributeError, TypeError) as error:
         raise TypeError(
-            f"worker {getattr(worker, '__qualname__', worker)!r} must be a "
+            f"worker {getattr(worker, '__qualname__', worker)!r} must be "
+            "a "
             "function importable by "
             f"name from a module (spawned processes import it): {error}"
         ) from None
@@ -286,7 +293,12 @@ def launch(
             if status == "error":
                 raise WorkerError(
                     _failure_report(
-                        rank, value, world_size, processes, outputs, results
+                        rank,
+                        value,
+                        world_size,
+                        processes,
+                        outputs,
+                        results,
                     )
                 )
             outputs[rank] = pickle.loads(value)
@@ -300,7 +312,8 @@ def launch(
     return [outputs[rank] for rank in range(world_size)]
 
 
-# --- workers used by Chapter 10 and the tests -----------------------------
+# --- workers used by Chapter 10 and the tests
+# -----------------------------
 
 
 def failing_worker(
@@ -320,8 +333,8 @@ def data_parallel_checks(
     rank returns its own numbers).
 
     - ``ddp_vs_large_batch``: max |difference| between DDP's averaged
-      gradient (each rank a slice of the batch, mean loss) and one process's
-      gradient on the whole batch.
+      gradient (each rank a slice of the batch, mean loss) and one
+      process's gradient on the whole batch.
     - ``sum_loss_ratio``: with a summed loss, DDP's gradient over the
       whole-batch sum gradient (``1 / world_size``: DDP averages).
     - ``no_sync_vs_large_batch`` and ``allreduce_calls``: accumulation over
@@ -354,7 +367,9 @@ def data_parallel_checks(
 
     def fresh() -> nn.Module:
         torch.manual_seed(seed)
-        return MLP(3, 16, 6, 3, activation="tanh").to(device, torch.float64)
+        return MLP(3, 16, 6, 3, activation="tanh").to(
+            device, torch.float64
+        )
 
     reference = fresh()
     F.cross_entropy(reference(inputs), labels).backward()

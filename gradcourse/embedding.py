@@ -112,8 +112,8 @@ def embedding_backward(
             (the matrix product ``one_hot(ids)^T @ grad_output``).
         padding_idx: a row that never receives gradient, as in
             ``nn.Embedding`` (negative counts from the end).
-        scale_grad_by_freq: divide each position's gradient by how often its
-            id occurs in ``token_ids``.
+        scale_grad_by_freq: divide each position's gradient by how often
+            its id occurs in ``token_ids``.
 
     Returns:
         ``(num_embeddings, dim)`` tensor with the dtype and device of
@@ -208,12 +208,12 @@ def sparse_embedding_grad(
 def split_embedding_parameters(
     model: torch.nn.Module,
 ) -> tuple[list[torch.nn.Parameter], list[torch.nn.Parameter]]:
-    """Split a model's parameters into embedding tables and everything else,
-    for optimizer groups.
+    """Split a model's parameters into embedding tables and everything
+    else, for optimizer groups.
 
     Taught in: Chapter 4 (separate learning rates and weight decay for
-    embeddings). Embeddings are found by module type (every ``nn.Embedding``
-    and ``nn.EmbeddingBag``), not by
+    embeddings). Embeddings are found by module type (every
+    ``nn.Embedding`` and ``nn.EmbeddingBag``), not by
     name: names differ between code bases (GPT-2 calls them ``wte`` and
     ``wpe``). Each tensor appears once, so a tied output projection (the
     same tensor as the token embedding) lands in the embedding list and
@@ -264,11 +264,11 @@ def tied_gradient_parts(
     Taught in: Chapter 5. In a model whose ``lm_head.weight`` is its
     ``token_embedding.weight`` (such as ``TinyGPT(tie_weights=True)``), the
     loss depends on the shared matrix twice. This function runs the forward
-    pass once with two separate copies of the matrix, one feeding the lookup
-    and one the output projection (``torch.func.functional_call``), and
-    differentiates with respect to each. Their sum is the ``.grad`` that
-    ordinary backward gives the shared matrix. The model is not changed and
-    no ``.grad`` is written.
+    pass once with two separate copies of the matrix, one feeding the
+    lookup and one the output projection (``torch.func.functional_call``),
+    and differentiates with respect to each. Their sum is the ``.grad``
+    that ordinary backward gives the shared matrix. The model is not
+    changed and no ``.grad`` is written.
 
     Args:
         model: a module with ``token_embedding`` and ``lm_head`` whose
@@ -281,8 +281,8 @@ def tied_gradient_parts(
 
     Returns:
         ``(lookup_part, projection_part)``, each ``(vocab_size, d_model)``:
-        the lookup part is nonzero only in the rows of ids in ``token_ids``;
-        the projection part reaches every row.
+        the lookup part is nonzero only in the rows of ids in
+        ``token_ids``; the projection part reaches every row.
 
     Raises:
         TypeError: ``model`` lacks ``token_embedding`` or ``lm_head``, or
@@ -301,7 +301,8 @@ def tied_gradient_parts(
     shared = model.token_embedding.weight
     if not is_tied(shared, model.lm_head.weight):
         raise ValueError(
-            "model.token_embedding.weight and model.lm_head.weight are not "
+            "model.token_embedding.weight and model.lm_head.weight are "
+            "not "
             "tied (different "
             "storage), so there is no shared matrix to split; build the "
             "model with tie_weights=True"

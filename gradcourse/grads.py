@@ -1,9 +1,9 @@
 """Gradients inside a network: all of them as one vector, per layer, and
 across time.
 
-Taught in: Chapter 6 (vanishing and exploding gradients), reused in Chapters
-7 and 8; :func:`flat_grad` wherever two gradients are compared (Chapters 4,
-8, 10).
+Taught in: Chapter 6 (vanishing and exploding gradients), reused in
+Chapters 7 and 8; :func:`flat_grad` wherever two gradients are compared
+(Chapters 4, 8, 10).
 """
 
 from __future__ import annotations
@@ -61,9 +61,9 @@ def mlp_gradient_norms(
         output ``s_l`` (the back-propagated gradient, summed over the batch
         as autograd gives it). ``per_example_weights``: the batch gradient
         is a sum of one outer product ``delta_i a_i^T`` per example
-        (``delta_i`` the row of ``dL/ds_l``, ``a_i`` the layer's input); the
-        mean of their norms ``|delta_i| |a_i|``. Layer 0 is the input layer.
-        The model's ``.grad`` fields are left set.
+        (``delta_i`` the row of ``dL/ds_l``, ``a_i`` the layer's input);
+        the mean of their norms ``|delta_i| |a_i|``. Layer 0 is the input
+        layer. The model's ``.grad`` fields are left set.
 
     Raises:
         TypeError: ``model`` is not a :class:`~gradcourse.models.MLP`.
@@ -134,7 +134,8 @@ def hidden_state_gradients(
     """
     if not isinstance(rnn, RNN):
         raise TypeError(
-            f"rnn must be a gradcourse.models.RNN, got {type(rnn).__name__}"
+            "rnn must be a gradcourse.models.RNN, got "
+            f"{type(rnn).__name__}"
         )
     outputs, states = rnn(inputs, return_states=True)
     for state in states:

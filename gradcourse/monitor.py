@@ -20,8 +20,8 @@ Use it around the optimizer step of any loop::
 or without an optimizer, calling :meth:`GradientMonitor.record` after
 ``backward()`` (before clipping) and :meth:`GradientMonitor.record_update`
 after ``optimizer.step()`` (or :meth:`~GradientMonitor.skip_step` when the
-step is skipped). :meth:`~GradientMonitor.close` removes the hooks; a closed
-monitor keeps its history but records no more.
+step is skipped). :meth:`~GradientMonitor.close` removes the hooks; a
+closed monitor keeps its history but records no more.
 
 Norms are computed in float64 whatever the gradients' dtype, so finite
 entries (up to float32's 3.4e38) never give an infinite norm: a step is
@@ -43,11 +43,11 @@ GROUP_BY = ("module", "parameter")
 
 
 class NonFiniteGradientError(FloatingPointError):
-    """A gradient has an ``inf`` or ``NaN`` entry. Names the step, the first
-    such parameter and, in ``find_module`` mode, the module whose backward
-    produced the first non-finite value (or, if the gradient reaching a
-    module's output was already non-finite, that module with a note saying
-    so)."""
+    """A gradient has an ``inf`` or ``NaN`` entry. Names the step, the
+    first such parameter and, in ``find_module`` mode, the module whose
+    backward produced the first non-finite value (or, if the gradient
+    reaching a module's output was already non-finite, that module with a
+    note saying so)."""
 
     def __init__(
         self, step: int, parameter: str, module: str | None
@@ -65,10 +65,10 @@ class GradientMonitor:
     transfer per recorded step.
 
     Args:
-        model: the model whose trainable parameters are watched. A parameter
-            shared by two modules (tied weights) is counted once; frozen
-            parameters are skipped; a parameter without ``.grad`` in a step
-            counts as zero; a sparse gradient
+        model: the model whose trainable parameters are watched. A
+            parameter shared by two modules (tied weights) is counted once;
+            frozen parameters are skipped; a parameter without ``.grad`` in
+            a step counts as zero; a sparse gradient
             (``nn.Embedding(sparse=True)``) is coalesced first.
         optimizer: if given, :meth:`attach` hooks ``optimizer.step()`` so
             recording is automatic. Without one, call :meth:`record` and
@@ -79,13 +79,13 @@ class GradientMonitor:
         detail_every: add the histograms and the update ratios on every
             ``detail_every``-th step (they cost a few passes over the
             gradients and weights; the norms cost one).
-        group_by: ``"module"`` (a layer is the module owning the parameters)
-            or ``"parameter"``.
+        group_by: ``"module"`` (a layer is the module owning the
+            parameters) or ``"parameter"``.
         bins, histogram_range: fixed histogram bins per layer; values
             outside the range fall in the end bins. With ``log_magnitude``
-            the histogram is of ``log10 |g|`` (range in decades, exact zeros
-            land in the first bin); otherwise of ``g``. ``histograms=False``
-            skips them.
+            the histogram is of ``log10 |g|`` (range in decades, exact
+            zeros land in the first bin); otherwise of ``g``.
+            ``histograms=False`` skips them.
         update_ratios: record ``||w_after - w_before|| / ||w_before||`` per
             layer (keeps one copy of the weights, reused every recorded
             step).
@@ -224,7 +224,8 @@ class GradientMonitor:
         self._handles: list = []
         self._closed = False
 
-    # --- attaching --------------------------------------------------------
+    # --- attaching
+    # --------------------------------------------------------
     def attach(self) -> GradientMonitor:
         """Add the hooks (optimizer step hooks if an optimizer was given;
         module backward hooks in ``find_module`` mode). Returns ``self``.
@@ -282,14 +283,14 @@ class GradientMonitor:
 
     def _forward_hook(self, name: str):
         # Tensor hooks on the module's outputs and inputs. Backward runs
-        # from the loss towards the inputs, so the first non-finite gradient
-        # seen names where it appeared. A tensor that is one module's output
-        # and the next one's input gets both hooks, output first: a
-        # non-finite gradient there was made by the consumer's backward, so
-        # an output hook only leaves a claim that the consumer's input hook
-        # on the same tensor overrides; the claim stands ("arrived
-        # non-finite") when the next hook to fire is on another tensor, or
-        # at record().
+        # from the loss towards the inputs, so the first non-finite
+        # gradient seen names where it appeared. A tensor that is one
+        # module's output and the next one's input gets both hooks, output
+        # first: a non-finite gradient there was made by the consumer's
+        # backward, so an output hook only leaves a claim that the
+        # consumer's input hook on the same tensor overrides; the claim
+        # stands ("arrived non-finite") when the next hook to fire is on
+        # another tensor, or at record().
         def on_gradient(key: int, where: str, is_input: bool):
             def hook(grad: torch.Tensor) -> None:
                 if self._first_bad_module is not None:
@@ -337,7 +338,8 @@ class GradientMonitor:
 
         return hook
 
-    # --- recording --------------------------------------------------------
+    # --- recording
+    # --------------------------------------------------------
     def _before_step(self) -> None:
         # not already recorded explicitly in this step
         if self._recorded_step != self.step:
@@ -345,16 +347,16 @@ class GradientMonitor:
 
     def record(self, *, overflow_expected: bool = False) -> bool:
         """Record the current gradients as this step's (call after
-        ``backward()``, before clipping if the pre-clipping norm is wanted).
-        Returns whether every gradient entry was finite (``True`` for a step
-        that ``every`` leaves out).
+        ``backward()``, before clipping if the pre-clipping norm is
+        wanted). Returns whether every gradient entry was finite (``True``
+        for a step that ``every`` leaves out).
 
         A non-finite gradient raises :class:`NonFiniteGradientError`
         (``on_nonfinite="raise"``) after ending the step, so the next step
         is checked too; or is reported in :attr:`nonfinite_events`. With
         ``overflow_expected=True`` (a ``GradScaler`` will skip the step) it
-        does neither: end the step with :meth:`skip_step`, which lists it in
-        :attr:`skipped_steps`.
+        does neither: end the step with :meth:`skip_step`, which lists it
+        in :attr:`skipped_steps`.
         """
         if self._closed:
             raise RuntimeError(
@@ -546,7 +548,9 @@ class GradientMonitor:
                 ** 2
             )
             # to the host with the next transfer
-            self._pending_update = torch.cat([update, self._squares_before])
+            self._pending_update = torch.cat(
+                [update, self._squares_before]
+            )
             self._pending_update_step = self.step
         self._awaiting_update = False
         self.step += 1
@@ -571,12 +575,13 @@ class GradientMonitor:
             )
             self._pending_update = None
 
-    # --- results ----------------------------------------------------------
+    # --- results
+    # ----------------------------------------------------------
     @property
     def history(self) -> dict[str, np.ndarray | list[str]]:
-        """Plain arrays: ``steps (S,)``, ``global_norm (S,)``, ``layer_norms
-        (S, L)``, ``update_ratios (S, L)`` (NaN where not measured),
-        ``layer_names``, ``log_magnitude``, and if recorded
+        """Plain arrays: ``steps (S,)``, ``global_norm (S,)``,
+        ``layer_norms (S, L)``, ``update_ratios (S, L)`` (NaN where not
+        measured), ``layer_names``, ``log_magnitude``, and if recorded
         ``histogram_steps (H,)``, ``histograms (H, L, bins)`` and
         ``bin_edges (bins + 1,)``, and ``skipped_steps``. Update ratios and
         histograms exist on every ``detail_every``-th step."""
@@ -613,7 +618,9 @@ class GradientMonitor:
         history = self.history
         for index, step in enumerate(history["steps"].tolist()):
             writer.add_scalar(
-                f"{prefix}/global_norm", history["global_norm"][index], step
+                f"{prefix}/global_norm",
+                history["global_norm"][index],
+                step,
             )
             for layer, name in enumerate(history["layer_names"]):
                 writer.add_scalar(

@@ -1,10 +1,10 @@
 """The house style of every figure in the book, and the diagnostic plots
 that several chapters share.
 
-Taught in: used by every chapter; per-layer gradient histograms first appear
-in Chapter 2. Every figure is made with :func:`subplots` and labelled with
-:func:`label`, which refuses an empty axis label: a figure without axis
-names and units is not allowed in the book.
+Taught in: used by every chapter; per-layer gradient histograms first
+appear in Chapter 2. Every figure is made with :func:`subplots` and
+labelled with :func:`label`, which refuses an empty axis label: a figure
+without axis names and units is not allowed in the book.
 """
 
 from __future__ import annotations
@@ -121,9 +121,9 @@ def layer_histograms(
         values: ``{layer name: tensor of any shape}``, drawn left to right
             in the mapping's order.
         bins: the number of bins, >= 1.
-        log_magnitude: histogram ``log10(|value|)`` (zeros left out) instead
-            of the values: the view that shows gradients spanning many
-            orders of magnitude.
+        log_magnitude: histogram ``log10(|value|)`` (zeros left out)
+            instead of the values: the view that shows gradients spanning
+            many orders of magnitude.
         xlabel: the name and unit of the values.
 
     Raises:
@@ -210,7 +210,11 @@ def histogram_over_time(history: Mapping, layer: str) -> Figure:
     """The histogram of one layer's gradient values at each recorded step,
     as an image (Chapter 9)."""
     _check_history(
-        history, "histograms", "histogram_steps", "bin_edges", "layer_names"
+        history,
+        "histograms",
+        "histogram_steps",
+        "bin_edges",
+        "layer_names",
     )
     if layer not in history["layer_names"]:
         raise ValueError(

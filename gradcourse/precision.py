@@ -2,8 +2,8 @@
 backward pass.
 
 Taught in: Chapter 10 (gradients at scale): what float16 does to real
-gradients with and without a loss scale, and how many bytes of activations a
-forward pass saves (with and without checkpointing).
+gradients with and without a loss scale, and how many bytes of activations
+a forward pass saves (with and without checkpointing).
 """
 
 from __future__ import annotations
@@ -78,9 +78,9 @@ def saved_tensor_bytes(function: Callable[[], Any]) -> tuple[Any, int]:
     """Run ``function()`` and count the bytes of the tensors autograd saves
     for the backward pass.
 
-    Uses ``torch.autograd.graph.saved_tensors_hooks``; a storage saved twice
-    (a parameter used by two operations, a view of a saved tensor) counts
-    once. Returns ``(function's result, bytes)``.
+    Uses ``torch.autograd.graph.saved_tensors_hooks``; a storage saved
+    twice (a parameter used by two operations, a view of a saved tensor)
+    counts once. Returns ``(function's result, bytes)``.
     """
     storages: dict[int, int] = {}
 

@@ -122,18 +122,18 @@ def accumulate_gradients(
     *,
     normalize: str = "examples",
 ) -> int:
-    """Set ``.grad`` to the gradient accumulated over several micro-batches,
-    one backward at a time.
+    """Set ``.grad`` to the gradient accumulated over several
+    micro-batches, one backward at a time.
 
     Taught in: Chapter 10. ``per_example_loss(model, batch)`` returns one
     loss per example. With ``normalize="examples"`` the micro-batches'
-    summed losses are back-propagated and the gradients divided by the total
-    number of examples at the end: the gradient of the union's mean loss,
-    exact for micro-batches of any sizes. ``normalize="micro_batches"``
-    back-propagates each micro-batch's mean divided by the number of
-    micro-batches (``loss / k``, the common recipe): exact only when all
-    sizes are equal. Existing gradients are cleared first. Returns the total
-    number of examples.
+    summed losses are back-propagated and the gradients divided by the
+    total number of examples at the end: the gradient of the union's mean
+    loss, exact for micro-batches of any sizes.
+    ``normalize="micro_batches"`` back-propagates each micro-batch's mean
+    divided by the number of micro-batches (``loss / k``, the common
+    recipe): exact only when all sizes are equal. Existing gradients are
+    cleared first. Returns the total number of examples.
 
     Raises:
         ValueError: an unknown ``normalize``, no micro-batch, or a

@@ -37,7 +37,9 @@ def test_unary_operation_gradient_matches_torch(name, x):
     assert out.data == pytest.approx(
         torch_fn(torch.tensor(x, dtype=torch.float64)).item(), rel=1e-12
     )
-    assert leaf.grad == pytest.approx(torch_grad(torch_fn, x)[0], rel=1e-12)
+    assert leaf.grad == pytest.approx(
+        torch_grad(torch_fn, x)[0], rel=1e-12
+    )
 
 
 @pytest.mark.parametrize("op", ["+", "-", "*", "/"])

@@ -98,7 +98,9 @@ def test_time_interleaved_runs_every_variant_each_round():
 
 def test_time_interleaved_refuses_zero_rounds():
     with pytest.raises(ValueError, match="rounds"):
-        time_interleaved({"a": lambda: None}, torch.device("cpu"), rounds=0)
+        time_interleaved(
+            {"a": lambda: None}, torch.device("cpu"), rounds=0
+        )
 
 
 def test_embedding_bench_sparse_gradient_is_a_view_of_grad_output():
@@ -108,7 +110,8 @@ def test_embedding_bench_sparse_gradient_is_a_view_of_grad_output():
     by_name = {row.name: row for row in rows}
     assert by_name["pytorch sparse (uncoalesced)"].is_view
     assert (
-        by_name["pytorch sparse (uncoalesced)"].gigabytes_per_second is None
+        by_name["pytorch sparse (uncoalesced)"].gigabytes_per_second
+        is None
     )
     assert not by_name["pytorch dense"].is_view
 
@@ -118,7 +121,13 @@ def test_monitor_bench_times_every_variant_against_no_monitor():
     from gradcourse.bench.monitor import run as run_monitor
 
     rows = run_monitor(
-        vocab=50, d_model=16, layers=1, heads=2, length=8, batch=2, rounds=2
+        vocab=50,
+        d_model=16,
+        layers=1,
+        heads=2,
+        length=8,
+        batch=2,
+        rounds=2,
     )
     assert [row.name for row in rows] == list(VARIANTS)
     assert rows[0].overhead == 0 and all(row.seconds > 0 for row in rows)

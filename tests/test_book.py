@@ -18,7 +18,9 @@ def test_glue_records_numpy_and_tensor_scalars_as_python_numbers(
 
     recorded = []
     monkeypatch.setattr(
-        myst_nb, "glue", lambda name, value, display: recorded.append(value)
+        myst_nb,
+        "glue",
+        lambda name, value, display: recorded.append(value),
     )
     glue("numpy", np.float64(0.25))
     glue("tensor", torch.tensor(3))

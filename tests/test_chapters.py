@@ -45,7 +45,9 @@ def test_chapter_is_committed_without_outputs(path):
 def test_chapter_is_listed_in_the_table_of_contents(path):
     toc = yaml.safe_load((ROOT / "_toc.yml").read_text())
     files = {
-        entry["file"] for part in toc["parts"] for entry in part["chapters"]
+        entry["file"]
+        for part in toc["parts"]
+        for entry in part["chapters"]
     }
     assert f"chapters/{path.stem}" in files
 

@@ -153,7 +153,9 @@ def test_bpe_pieces_join_back_to_the_words():
 
 
 def test_bpe_shares_a_piece_between_words():
-    merges = train_bpe("playing playing running running jumping jumping", 3)
+    merges = train_bpe(
+        "playing playing running running jumping jumping", 3
+    )
     endings = [
         encode(word, merges)[-1]
         for word in ("playing", "running", "jumping")

@@ -85,7 +85,9 @@ def test_an_unpicklable_result_is_reported_at_once():
 )
 def test_a_rank_that_dies_is_named_with_its_exit_code(how, expected):
     with pytest.raises(WorkerError, match=expected):
-        launch(distributed_workers.dies, 2, how, backend="gloo", timeout=60)
+        launch(
+            distributed_workers.dies, 2, how, backend="gloo", timeout=60
+        )
     assert multiprocessing.active_children() == []
 
 
@@ -110,5 +112,8 @@ def test_processes_started_by_a_worker_do_not_outlive_it():
 
 def test_a_worker_can_use_dataloader_workers():
     assert launch(
-        distributed_workers.uses_a_dataloader, 2, backend="gloo", timeout=60
+        distributed_workers.uses_a_dataloader,
+        2,
+        backend="gloo",
+        timeout=60,
     ) == [28.0, 28.0]

@@ -42,12 +42,16 @@ def torch_weight_grad(
 @st.composite
 def lookups(draw):
     num_embeddings = draw(st.integers(1, 12))
-    shape = tuple(draw(st.lists(st.integers(1, 5), min_size=1, max_size=3)))
+    shape = tuple(
+        draw(st.lists(st.integers(1, 5), min_size=1, max_size=3))
+    )
     dim = draw(st.integers(1, 4))
     seed = draw(st.integers(0, 2**16))
     g = torch.Generator().manual_seed(seed)
     token_ids = torch.randint(0, num_embeddings, shape, generator=g)
-    grad_output = torch.randn(*shape, dim, dtype=torch.float64, generator=g)
+    grad_output = torch.randn(
+        *shape, dim, dtype=torch.float64, generator=g
+    )
     padding_idx = draw(
         st.one_of(
             st.none(), st.integers(-num_embeddings, num_embeddings - 1)
@@ -134,7 +138,9 @@ def test_an_id_outside_the_vocabulary_is_refused_and_named(bad_id):
 
 
 def test_sparse_refuses_an_id_outside_the_vocabulary():
-    with pytest.raises(ValueError, match=r"token id 9 is outside \[0, 4\)"):
+    with pytest.raises(
+        ValueError, match=r"token id 9 is outside \[0, 4\)"
+    ):
         sparse_embedding_grad(torch.zeros(1, 3), torch.tensor([9]), 4)
 
 
@@ -161,7 +167,8 @@ def test_integer_grad_output_is_refused():
 @pytest.mark.parametrize("padding_idx", [4, -5])
 def test_padding_idx_out_of_range_is_refused(padding_idx):
     with pytest.raises(
-        ValueError, match=rf"padding_idx {padding_idx} is outside \[-4, 4\)"
+        ValueError,
+        match=rf"padding_idx {padding_idx} is outside \[-4, 4\)",
     ):
         embedding_backward(
             torch.zeros(2, 3),
@@ -332,7 +339,8 @@ def test_tied_gradient_parts_refuses_float_ids():
     model, token_ids, targets = _tied_model_and_batch()
     with pytest.raises(
         TypeError,
-        match=r"token_ids must hold integers \(torch.int64, torch.int32\), "
+        match=r"token_ids must hold integers \(torch.int64, "
+        r"torch.int32\), "
         r"got dtype torch.float32",
     ):
         tied_gradient_parts(model, token_ids.float(), targets)

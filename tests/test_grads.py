@@ -35,7 +35,7 @@ def test_per_example_weight_norms_of_one_example_are_the_weight_norms():
     )
 
 
-def test_mlp_activation_gradient_of_the_last_layer_is_the_loss_derivative():
+def test_mlp_activation_gradient_of_the_last_layer_is_dloss_doutput():
     torch.manual_seed(0)
     model = MLP(3, 8, 3, 2).double()
     inputs, targets = (

@@ -188,7 +188,9 @@ def test_is_tied_refuses_a_non_tensor():
         ("kaiming", (2 / 64) ** 0.5),
     ],
 )
-def test_mlp_initialisations_have_their_published_scale(init, expected_std):
+def test_mlp_initialisations_have_their_published_scale(
+    init, expected_std
+):
     torch.manual_seed(0)
     weight = MLP(3, 64, 64, 1, init=init).linears[1].weight
     assert weight.std().item() == pytest.approx(expected_std, rel=0.05)

@@ -274,7 +274,9 @@ def test_close_removes_every_hook_and_lets_the_model_be_collected():
         not optimizer._optimizer_step_pre_hooks
         and not optimizer._optimizer_step_post_hooks
     )
-    assert monitor.history["global_norm"].shape == (2,)  # the history stays
+    assert monitor.history["global_norm"].shape == (
+        2,
+    )  # the history stays
     model_reference = weakref.ref(model)
     del model, optimizer
     gc.collect()
@@ -399,7 +401,9 @@ def test_two_nonfinite_steps_in_a_row_are_both_stopped():
 
 def test_a_sparse_embedding_gradient_is_monitored_like_its_dense_form():
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Embedding(20, 4, sparse=True), nn.Linear(4, 1))
+    model = nn.Sequential(
+        nn.Embedding(20, 4, sparse=True), nn.Linear(4, 1)
+    )
     monitor = GradientMonitor(model, detail_every=1)
     token_ids = torch.tensor([[1, 3, 3, 7]])
     model(token_ids).sum().backward()
@@ -501,7 +505,8 @@ def test_importing_the_monitor_leaves_the_warning_filters_alone():
     script = (
         "import warnings, numpy, torch, torch.nn, gradcourse._validate; "
         "before = list(warnings.filters); "
-        "import gradcourse.monitor; print(before == list(warnings.filters))"
+        "import gradcourse.monitor; print(before == "
+        "list(warnings.filters))"
     )
     result = subprocess.run(
         [sys.executable, "-c", script],

@@ -39,7 +39,7 @@ def draws(offset: int) -> tuple:
     return eval(result.stdout.strip().splitlines()[-1])
 
 
-def test_offset_zero_changes_nothing_and_an_offset_shifts_every_generator():
+def test_offset_zero_changes_nothing_and_offsets_shift_every_generator():
     unshifted, shifted, by_hand = draws(0), draws(7), draws(0)
     assert unshifted == by_hand
     # torch, Generator, numpy x2, random, seed_everything

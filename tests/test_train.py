@@ -42,7 +42,9 @@ def test_train_lowers_the_loss_and_returns_one_loss_per_step():
 
 def test_clipping_bounds_the_step():
     model = fresh_model()
-    before = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+    before = torch.cat(
+        [p.detach().reshape(-1) for p in model.parameters()]
+    )
     train(
         model,
         regression(),
@@ -190,7 +192,7 @@ def test_accumulate_gradients_refuses_an_unknown_normalisation():
         )
 
 
-def test_a_scaler_overflow_is_a_skipped_step_for_the_monitor_not_an_error():
+def test_a_scaler_overflow_is_a_skipped_step_for_the_monitor():
     model = fresh_model()
     monitor = GradientMonitor(model)
     data = regression(batches=4)
@@ -256,7 +258,9 @@ def test_accumulate_gradients_refuses_a_micro_batch_without_examples():
         )
 
 
-@pytest.mark.parametrize("nothing", [[], iter([]), (batch for batch in [])])
+@pytest.mark.parametrize(
+    "nothing", [[], iter([]), (batch for batch in [])]
+)
 def test_accumulate_gradients_refuses_no_micro_batches(nothing):
     from gradcourse.train import accumulate_gradients
 

@@ -2,9 +2,9 @@
 ship it inside the package.
 
 The corpus is the docstrings of the standard-library modules below and of
-their public classes and functions, joined by blank lines. Docstrings change
-between Python versions (and ``python -OO`` strips them), so the text is
-built once, with this script, and committed gzip-compressed as
+their public classes and functions, joined by blank lines. Docstrings
+change between Python versions (and ``python -OO`` strips them), so the
+text is built once, with this script, and committed gzip-compressed as
 ``gradcourse/corpus/stdlib_docstrings.txt.gz``: every Python and every
 device then sees the same text. The docstrings are part of CPython,
 copyright the Python Software Foundation, used under the PSF License

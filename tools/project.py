@@ -30,8 +30,8 @@ def repository_url(config_path: Path = ROOT / "_config.yml") -> str:
 
 
 def chapter_files(toc_path: Path = ROOT / "_toc.yml") -> list[str]:
-    """The chapter notebooks listed in ``_toc.yml``, as paths without suffix
-    (``chapters/01_...``)."""
+    """The chapter notebooks listed in ``_toc.yml``, as paths without
+    suffix (``chapters/01_...``)."""
     toc = yaml.safe_load(toc_path.read_text())
     files = [
         entry["file"]

@@ -1,11 +1,11 @@
 """Write (or check) the setup cell that opens every chapter.
 
-The cell installs gradcourse from the repository when it is missing (Colab),
-seeds, picks the device and prints the versions. The repository URL is read
-from ``_config.yml`` (``repository.url``), the one place it is kept, so
-moving the repository is: edit ``_config.yml``, then run::
+The cell installs gradcourse from the repository when it is missing
+(Colab), seeds, picks the device and prints the versions. The repository
+URL is read from ``_config.yml`` (``repository.url``), the one place it is
+kept, so moving the repository is: edit ``_config.yml``, then run::
 
-    python tools/setup_cell.py          # rewrite every chapter's first cell
+    python tools/setup_cell.py          # rewrite each chapter's first cell
     python tools/setup_cell.py --check  # exit 1, naming the chapters whose
                                         # first cell differs
 
@@ -63,8 +63,8 @@ def first_cell_is_setup(
 
 
 def write_setup_cell(path: Path, source: str) -> None:
-    """Make ``source`` the first cell of the notebook at ``path`` (replacing
-    an old setup cell), strip outputs."""
+    """Make ``source`` the first cell of the notebook at ``path``
+    (replacing an old setup cell), strip outputs."""
     notebook = nbformat.read(path, as_version=4)
     first = notebook.cells[0] if notebook.cells else None
     if (
@@ -106,7 +106,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.check:
         for path in stale:
             print(
-                f"{path.relative_to(ROOT)}: setup cell differs; run python "
+                f"{path.relative_to(ROOT)}: setup cell differs; run "
+                "python "
                 "tools/setup_cell.py"
             )
         return 1 if stale else 0

@@ -1,16 +1,16 @@
 """Run chapters under shifted seeds and other CPU kernel paths, and print
 what held.
 
-Every assertion in a chapter must hold for any seed and on any machine. This
-script executes the chapters (as nbval would) with every seed shifted by
-each offset given (through the IPython startup file in
-``tools/ipython_seed_offset``) and, optionally, with another ATen CPU kernel
-path, then prints one row per chapter and run: ``ok`` with the time, or the
-first failing cell and its error. Then, for every number the chapters glue
-(``gradcourse.book.glue``: the statistics their assertions test), the
-smallest and largest value over the runs: the margins of the assertions come
-from this table. ``tools/SWEEP_MARGINS.md`` keeps the last table, with the
-threshold each assertion uses.
+Every assertion in a chapter must hold for any seed and on any machine.
+This script executes the chapters (as nbval would) with every seed shifted
+by each offset given (through the IPython startup file in
+``tools/ipython_seed_offset``) and, optionally, with another ATen CPU
+kernel path, then prints one row per chapter and run: ``ok`` with the time,
+or the first failing cell and its error. Then, for every number the
+chapters glue (``gradcourse.book.glue``: the statistics their assertions
+test), the smallest and largest value over the runs: the margins of the
+assertions come from this table. ``tools/SWEEP_MARGINS.md`` keeps the
+last table, with the threshold each assertion uses.
 
 Ten seed offsets, every chapter; then offset 3 on the AVX2 kernels, one
 chapter::

@@ -138,7 +138,8 @@ def _monitor(
             rows,
             f"TinyGPT vocab {args.vocab}, d_model {args.d_model}, "
             f"{args.layers} layers, "
-            f"{args.batch} x {args.length} tokens, AdamW, on {args.device}",
+            f"{args.batch} x {args.length} tokens, AdamW, on "
+            f"{args.device}",
         )
     )
     return 0

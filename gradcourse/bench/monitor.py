@@ -5,10 +5,10 @@ One TinyGPT trains with AdamW on one batch; each round takes one step of
 each variant, in rotating order, so that drift hits all alike: no
 monitoring, the naive monitor (a per-parameter ``.norm().item()`` after
 backward: one device-to-host transfer per parameter) and
-:class:`~gradcourse.monitor.GradientMonitor` called explicitly (fused norms;
-histograms and update ratios every ``detail_every`` steps; one transfer).
-The same model and optimizer serve all three, so nothing but the monitoring
-differs.
+:class:`~gradcourse.monitor.GradientMonitor` called explicitly (fused
+norms; histograms and update ratios every ``detail_every`` steps; one
+transfer). The same model and optimizer serve all three, so nothing but the
+monitoring differs.
 """
 
 from __future__ import annotations

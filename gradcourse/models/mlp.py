@@ -54,16 +54,16 @@ class MLP(nn.Module):
     initialisation), Chapter 7 (normalisation and residual connections).
     ``depth`` linear layers: ``input_size -> width``, ``depth - 2`` times
     ``width -> width``, ``width -> output_size``; each but the last is
-    followed by the ``normalization`` (``"batch"``/``"layer"``; ``"weight"``
-    reparametrises the weights instead) and the activation. With
-    ``residual=True`` each ``width -> width`` layer computes ``h +
+    followed by the ``normalization`` (``"batch"``/``"layer"``;
+    ``"weight"`` reparametrises the weights instead) and the activation.
+    With ``residual=True`` each ``width -> width`` layer computes ``h +
     residual_scale * f(h)``.
 
     ``forward(inputs)`` maps ``(N, input_size)`` to ``(N, output_size)``;
-    ``forward(inputs, return_pre_activations=True)`` also returns the output
-    of every linear layer (the ``s_l`` of Glorot & Bengio), as graph nodes
-    whose gradients can be retained. ``linears`` lists the linear layers in
-    order.
+    ``forward(inputs, return_pre_activations=True)`` also returns the
+    output of every linear layer (the ``s_l`` of Glorot & Bengio), as graph
+    nodes whose gradients can be retained. ``linears`` lists the linear
+    layers in order.
     """
 
     def __init__(

@@ -27,8 +27,8 @@ CELLS = ("vanilla", "lstm", "gru")
 
 def scaled_orthogonal_(weight: torch.Tensor, scale: float) -> torch.Tensor:
     """Fill a square ``(n, n)`` weight, in place, with ``scale`` times a
-    random orthogonal matrix: every singular value is then exactly ``scale``
-    (Chapter 6's recurrent matrices, Chapter 8's exploding RNN).
+    random orthogonal matrix: every singular value is then exactly
+    ``scale`` (Chapter 6's recurrent matrices, Chapter 8's exploding RNN).
 
     The orthogonal matrix is the Q of a QR factorisation of a Gaussian
     matrix drawn on the CPU from the global generator
@@ -57,8 +57,8 @@ class RNN(nn.Module):
     """A recurrent network unrolled in Python, so every hidden state is a
     graph node one can inspect.
 
-    Taught in: Chapter 6 (gradients across time vs the recurrent matrix) and
-    Chapter 8 (clipping an exploding RNN). ``cell="vanilla"``: ``h_t =
+    Taught in: Chapter 6 (gradients across time vs the recurrent matrix)
+    and Chapter 8 (clipping an exploding RNN). ``cell="vanilla"``: ``h_t =
     f(W_ih x_t + W_hh h_{t-1} + b)`` with ``f`` the ``activation``;
     ``"lstm"``/``"gru"`` use PyTorch's cells (``activation`` must stay
     ``"tanh"``). ``recurrent_weight`` is ``W_hh`` (for gated cells, the
@@ -97,7 +97,9 @@ class RNN(nn.Module):
         )
         if cell == "vanilla":
             self.input_weight = nn.Linear(input_size, hidden_size)
-            self.recurrent = nn.Linear(hidden_size, hidden_size, bias=False)
+            self.recurrent = nn.Linear(
+                hidden_size, hidden_size, bias=False
+            )
         else:
             self.cell = (nn.LSTMCell if cell == "lstm" else nn.GRUCell)(
                 input_size, hidden_size

@@ -42,8 +42,8 @@ def sinusoidal_positions(max_len: int, d_model: int) -> torch.Tensor:
 
 
 class CausalSelfAttention(nn.Module):
-    """Multi-head self-attention in which position t attends to positions <=
-    t. Input and output ``(B, T, d_model)``."""
+    """Multi-head self-attention in which position t attends to positions
+    <= t. Input and output ``(B, T, d_model)``."""
 
     def __init__(self, d_model: int, n_heads: int, dropout: float) -> None:
         super().__init__()
@@ -76,8 +76,8 @@ class Block(nn.Module):
     """One transformer block: attention and an MLP, each with a residual
     connection and a LayerNorm.
 
-    ``norm_placement="pre"``: ``x + f(LN(x))`` (GPT-2); ``"post"``: ``LN(x +
-    f(x))`` (the original transformer).
+    ``norm_placement="pre"``: ``x + f(LN(x))`` (GPT-2); ``"post"``: ``LN(x
+    + f(x))`` (the original transformer).
     """
 
     def __init__(
@@ -120,16 +120,16 @@ class TinyGPT(nn.Module):
             output projection (``lm_head.weight is
             token_embedding.weight``).
         positional: ``"learned"`` (an ``nn.Embedding`` of positions) or
-            ``"sinusoidal"`` (a fixed buffer: ``position_embedding`` is then
-            ``None``).
+            ``"sinusoidal"`` (a fixed buffer: ``position_embedding`` is
+            then ``None``).
         norm_placement: where the LayerNorms sit: ``"pre"`` (before each
             sublayer, and a final LayerNorm) or ``"post"`` (after each
             residual addition; ``final_norm`` is then the identity, as the
             last block already normalises).
         dropout: dropout probability in [0, 1).
 
-    ``forward(token_ids)`` maps ``(B, T)`` integer ids, ``T <= max_len``, to
-    logits ``(B, T, vocab_size)``. Weights are initialised as GPT-2's:
+    ``forward(token_ids)`` maps ``(B, T)`` integer ids, ``T <= max_len``,
+    to logits ``(B, T, vocab_size)``. Weights are initialised as GPT-2's:
     normal(0, 0.02), zero biases, LayerNorm at (1, 0), but without GPT-2's
     extra ``1/sqrt(2 * n_layers)`` scaling of the residual projections
     (``attention.proj`` and the MLP's output layer).
@@ -239,7 +239,9 @@ class TinyGPT(nn.Module):
         checkpointing (Chapter 10): only the group's input is kept, and its
         activations are recomputed during backward."""
         check_int("checkpoint_every", checkpoint_every, minimum=0)
-        check_int_tensor("token_ids", token_ids, (torch.int64, torch.int32))
+        check_int_tensor(
+            "token_ids", token_ids, (torch.int64, torch.int32)
+        )
         if token_ids.dim() != 2 or 0 in token_ids.shape:
             raise ValueError(
                 "token_ids must have shape (batch, length), got "
@@ -292,8 +294,8 @@ def is_tied(first: torch.Tensor, second: torch.Tensor) -> bool:
 
     Taught in: Chapter 5. Equal values are not enough: a copied matrix
     starts equal and drifts apart at the first optimizer step, the classic
-    silent bug of weight tying. Two tensors are tied when they share storage
-    at the same offset with the same shape and strides (the same
+    silent bug of weight tying. Two tensors are tied when they share
+    storage at the same offset with the same shape and strides (the same
     ``nn.Parameter`` twice, or two views of one memory).
 
     Raises:
