@@ -37,6 +37,8 @@ import torch
 import torch.nn as nn
 
 from gradcourse._validate import check_choice, check_positive_int
+from gradcourse.sharding import local as _local
+from gradcourse.sharding import sharding_group
 
 ON_NONFINITE = ("raise", "report")
 GROUP_BY = ("module", "parameter")
@@ -180,6 +182,10 @@ class GradientMonitor:
             )
         self.parameter_names = [name for name, _ in named]
         self._parameters = [p for _, p in named]
+        # FSDP2: one all-reduce per recorded step makes the norms global
+        self._group = sharding_group(
+            self._parameters, self.parameter_names
+        )
         owner = (
             (lambda name: name.rpartition(".")[0] or name)
             if group_by == "module"
@@ -371,6 +377,8 @@ class GradientMonitor:
             self._first_bad_module, self._output_claim = None, None
             return True
         grads = [self._dense_values(p.grad, p) for p in self._parameters]
+        # (under FSDP2, each rank's own shard: the statistics below are
+        # sums over entries, made global by one all-reduce)
         # (P,) squared norms
         pieces = [
             torch.stack(torch._foreach_norm(grads, 2, dtype=torch.float64))
@@ -382,12 +390,11 @@ class GradientMonitor:
             pieces.append(self._histograms(grads).reshape(-1))
         if self._pending_update is not None:
             pieces.append(self._pending_update)
-        # the one transfer
-        host = (
-            torch.cat([piece.double().reshape(-1) for piece in pieces])
-            .cpu()
-            .numpy()
-        )
+        flat = torch.cat([piece.double().reshape(-1) for piece in pieces])
+        if self._group is not None:
+            # sums of squares and counts add up over the shards
+            torch.distributed.all_reduce(flat, group=self._group)
+        host = flat.cpu().numpy()  # the one transfer
         self.transfers += 1
         parameter_count, layer_count = (
             len(self._parameters),
@@ -408,7 +415,7 @@ class GradientMonitor:
                 host[parameter_count:].reshape(layer_count, self.bins)
             )
         if self.update_ratios and detailed:
-            weights = [p.detach() for p in self._parameters]
+            weights = [_local(p.detach()) for p in self._parameters]
             if self._weights_before is None:
                 self._weights_before = [
                     torch.empty_like(weight) for weight in weights
@@ -428,16 +435,13 @@ class GradientMonitor:
         grad: torch.Tensor | None, parameter: torch.Tensor
     ) -> torch.Tensor:
         """The entries whose norm is the gradient's norm: a sparse
-        gradient's coalesced values."""
+        gradient's coalesced values; this rank's shard of a sharded one."""
         if grad is None:
             return torch.zeros(
                 (), device=parameter.device, dtype=parameter.dtype
             )
-        return (
-            grad.detach().coalesce().values()
-            if grad.is_sparse
-            else grad.detach()
-        )
+        grad = _local(grad.detach())
+        return grad.coalesce().values() if grad.is_sparse else grad
 
     def _histograms(self, grads: list[torch.Tensor]) -> torch.Tensor:
         """``(layers, bins)`` counts: one flattened copy of each layer's
@@ -461,7 +465,7 @@ class GradientMonitor:
                 bins.clamp_(0, self.bins - 1).long(), minlength=self.bins
             )
             implicit_zeros = sum(
-                self._parameters[i].numel() - grads[i].numel()
+                _local(self._parameters[i]).numel() - grads[i].numel()
                 for i in members
                 if self._parameters[i].grad is not None
             )
@@ -536,7 +540,7 @@ class GradientMonitor:
         (kept on the device until the next recorded step's transfer). Also
         ends the step."""
         if self._awaiting_update and self._recorded_step == self.step:
-            after = [p.detach() for p in self._parameters]
+            after = [_local(p.detach()) for p in self._parameters]
             # the buffers now hold -update
             torch._foreach_sub_(self._weights_before, after)
             update = (
@@ -569,7 +573,10 @@ class GradientMonitor:
         self.step += 1
 
     def _flush_update(self) -> None:
-        if self._pending_update is not None:
+        # Under FSDP2 the last update ratio waits for the next record()'s
+        # all-reduce: reading the history must not start a collective that
+        # the other ranks may not join.
+        if self._pending_update is not None and self._group is None:
             self._update_rows[self._pending_update_step] = (
                 self._update_ratios(self._pending_update.cpu().numpy())
             )

@@ -41,3 +41,21 @@ def uses_a_dataloader(rank: int, world_size: int) -> float:
         torch.arange(8.0), batch_size=4, num_workers=1
     )
     return float(sum(batch.sum() for batch in loader))
+
+
+def half_sharded_monitor(rank: int, world_size: int) -> str:
+    """Blocks sharded, root not: the monitor must refuse, naming a
+    parameter."""
+    from torch.distributed.fsdp import fully_shard
+
+    from gradcourse.fsdp import tiny_model
+    from gradcourse.monitor import GradientMonitor
+
+    model = tiny_model()
+    for block in model.blocks:
+        fully_shard(block)
+    try:
+        GradientMonitor(model)
+    except ValueError as error:
+        return str(error)
+    return "no error"
