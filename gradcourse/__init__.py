@@ -31,6 +31,12 @@ docstrings say which.
   saved-activation bytes (Chapter 10)
 - :mod:`gradcourse.distributed` processes with a process group,
   data-parallel checks (Chapter 10)
+- :mod:`gradcourse.sharding`   FSDP2's DTensors: local shards, their
+  process group (Chapter 10)
+- :mod:`gradcourse.fsdp`       the monitor under DDP and FSDP2, measured in
+  every rank (Chapter 10)
+- :mod:`gradcourse.noise_scale` per-example gradients, the gradient noise
+  scale (Chapter 10)
 - :mod:`gradcourse.bench`      ``python -m gradcourse.bench
   embedding|monitor`` (Chapters 3, 9)
 """

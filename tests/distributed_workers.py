@@ -59,3 +59,47 @@ def half_sharded_monitor(rank: int, world_size: int) -> str:
     except ValueError as error:
         return str(error)
     return "no error"
+
+
+def ddp_noise_scale(rank: int, world_size: int) -> tuple[dict, dict]:
+    """The DDP estimate, and the same from per-rank gradients computed in
+    one process (every rank computes both)."""
+    import torch.nn.functional as F
+
+    from gradcourse.models import MLP
+    from gradcourse.noise_scale import (
+        data_parallel_noise_scale,
+        noise_scale_from_two_batches,
+    )
+
+    generator = torch.Generator().manual_seed(0)
+    inputs = torch.randn(8 * world_size, 5, generator=generator).double()
+    labels = torch.randint(0, 3, (8 * world_size,), generator=generator)
+
+    def fresh():
+        torch.manual_seed(0)
+        return MLP(3, 8, 5, 3, activation="tanh").double()
+
+    def loss_fn(model, batch):
+        return F.cross_entropy(model(batch[0]), batch[1])
+
+    mine = slice(8 * rank, 8 * (rank + 1))
+    ddp = torch.nn.parallel.DistributedDataParallel(fresh())
+    measured = data_parallel_noise_scale(
+        rank, world_size, ddp, loss_fn, (inputs[mine], labels[mine]), 8
+    )
+    squares, reference = [], fresh()
+    for part in range(world_size):
+        rows = slice(8 * part, 8 * (part + 1))
+        reference.zero_grad()
+        loss_fn(reference, (inputs[rows], labels[rows])).backward()
+        squares.append(
+            sum(p.grad.pow(2).sum().item() for p in reference.parameters())
+        )
+    reference.zero_grad()
+    loss_fn(reference, (inputs, labels)).backward()
+    big = sum(p.grad.pow(2).sum().item() for p in reference.parameters())
+    expected = noise_scale_from_two_batches(
+        sum(squares) / world_size, 8, big, 8 * world_size
+    )
+    return measured, expected
