@@ -23,6 +23,16 @@ after ``optimizer.step()`` (or :meth:`~GradientMonitor.skip_step` when the
 step is skipped). :meth:`~GradientMonitor.close` removes the hooks; a
 closed monitor keeps its history but records no more.
 
+Inside ``torch.distributed`` workers: under DDP the gradients are already
+averaged over the ranks when ``record()`` runs, so every rank records the
+full gradient with no communication. Under FSDP2 (``fully_shard``; build
+the monitor after sharding) each rank holds a shard of every gradient: the
+monitor sums its per-shard squares, histogram counts and update norms with
+one all-reduce per recorded step, so every statistic is the full
+gradient's and a non-finite entry in any shard is seen by every rank. The
+update ratio of the last detailed step travels with the next
+``record()``; reading the history never starts a collective.
+
 Norms are computed in float64 whatever the gradients' dtype, so finite
 entries (up to float32's 3.4e38) never give an infinite norm: a step is
 non-finite exactly when an entry is ``inf`` or ``NaN``.
