@@ -193,3 +193,80 @@ def nonfinite_checks(
     finally:
         monitor.close()
     return {"raised": False, "step": None, "parameter": None}
+
+
+def _bytes(tensors) -> int:
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
+def fsdp_facts(rank: int, world_size: int) -> dict[str, Any]:
+    """What FSDP2 does to gradients, against DDP on the same rows: shard
+    shapes, gradient agreement, memory per rank, and clipping.
+
+    Returns ``shards`` (``{name: (global rows, this rank's rows)}`` for a
+    few parameters), ``gradient_difference`` (largest difference between
+    this rank's FSDP2 gradient shard and the same rows of DDP's gradient),
+    ``memory`` (``{"ddp" | "fsdp": {"parameters" | "gradients" | "adam":
+    bytes}}`` held by this rank after one Adam step), ``shard_norm`` (this
+    rank's gradient shard's norm), ``global_norm`` (what
+    ``clip_grad_norm_`` returns on the DTensors) and ``reference_norm``
+    (one process, whole batch).
+    """
+    ids = global_batch(world_size)
+    mine = rows_of(ids, rank)
+    models = {
+        "ddp": _wrapped(tiny_model(), "ddp"),
+        "fsdp": _wrapped(tiny_model(), "fsdp"),
+    }
+    result: dict[str, Any] = {"memory": {}}
+    for mode, model in models.items():
+        optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+        next_token_loss(model, mine).backward()
+        if mode == "fsdp":
+            shard_squares = sum(
+                local(p.grad).pow(2).sum() for p in model.parameters()
+            )
+            result["shard_norm"] = shard_squares.sqrt().item()
+            total = nn.utils.clip_grad_norm_(model.parameters(), 1e9)
+            result["global_norm"] = total.full_tensor().item()
+        grads = [local(p.grad) for p in model.parameters()]
+        optimizer.step()
+        state = [
+            local(value)
+            for per_parameter in optimizer.state.values()
+            for key, value in per_parameter.items()
+            if key in ("exp_avg", "exp_avg_sq")
+        ]
+        result["memory"][mode] = {
+            "parameters": _bytes(local(p) for p in model.parameters()),
+            "gradients": _bytes(grads),
+            "adam": _bytes(state),
+        }
+        if mode == "ddp":
+            ddp_grads = {
+                name.removeprefix("module."): p.grad.detach().clone()
+                for name, p in model.named_parameters()
+            }
+    fsdp = models["fsdp"]
+    result["shards"] = {
+        name: (p.shape[0], local(p).shape[0])
+        for name, p in fsdp.named_parameters()
+        if name in ("token_embedding.weight", "lm_head.weight",
+                    "blocks.0.attention.qkv.weight", "final_norm.weight")
+    }  # fmt: skip
+    result["gradient_difference"] = max(
+        (local(p.grad) - ddp_grads[name].chunk(world_size, dim=0)[rank])
+        .abs()
+        .max()
+        .item()
+        for name, p in fsdp.named_parameters()
+        if local(p.grad).numel()
+    )
+    reference = tiny_model()
+    next_token_loss(reference, ids).backward()
+    result["reference_norm"] = (
+        sum(p.grad.pow(2).sum() for p in reference.parameters())
+        .sqrt()
+        .item()
+    )
+    return result
