@@ -162,3 +162,28 @@ def test_monitor_bench_cli_prints_the_table(capsys):
 def test_monitor_bench_cli_refuses_a_zero_size():
     with pytest.raises(SystemExit):
         main(["monitor", "--batch", "0"])
+
+
+def test_distributed_monitor_bench_prints_a_table_per_wrapper(capsys):
+    small = "--vocab 50 --d-model 16 --layers 1 --heads 2 --length 8"
+    argv = ["monitor", *small.split(), "--batch", "2", "--rounds", "2"]
+    assert main([*argv, "--processes", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "DDP, 2 CPU processes" in out and "FSDP, 2 CPU processes" in out
+    assert out.count("GradientMonitor") == 2
+
+
+def test_distributed_monitor_bench_refuses_an_unknown_wrapper():
+    from gradcourse.bench.distributed_monitor import run
+
+    with pytest.raises(
+        ValueError, match="modes must be a non-empty subset"
+    ):
+        run(2, ("zero3",))
+
+
+def test_distributed_monitor_bench_refuses_a_single_process():
+    from gradcourse.bench.distributed_monitor import run
+
+    with pytest.raises(ValueError, match="processes >= 2"):
+        run(1)

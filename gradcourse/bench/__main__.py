@@ -1,6 +1,8 @@
 """Command line: ``python -m gradcourse.bench embedding [--vocab --dim
 --tokens --device --dtype ...]`` and ``python -m gradcourse.bench monitor
-[--vocab --d-model --layers --heads --length --batch --device ...]``."""
+[--vocab --d-model --layers --heads --length --batch --device ...]``;
+``monitor --processes 2 [--parallel ddp fsdp]`` times the monitor inside
+data-parallel training."""
 
 from __future__ import annotations
 
@@ -9,7 +11,7 @@ import sys
 
 import torch
 
-from gradcourse.bench import embedding, monitor
+from gradcourse.bench import distributed_monitor, embedding, monitor
 from gradcourse.embedding import METHODS
 
 
@@ -68,6 +70,21 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="norms and update ratios only",
     )
+    watch.add_argument(
+        "--processes",
+        type=int,
+        default=1,
+        help="2 or more: time a DDP and an FSDP2 step with and without "
+        "the monitor in that many CPU processes (gloo); --batch is then "
+        "per process",
+    )
+    watch.add_argument(
+        "--parallel",
+        nargs="+",
+        default=list(distributed_monitor.MODES),
+        choices=distributed_monitor.MODES,
+        help="with --processes: which wrappers to time (default: both)",
+    )
     args = parser.parse_args(argv)
     if args.command == "monitor":
         return _monitor(parser, args)
@@ -119,6 +136,8 @@ def _monitor(
                 f"--{name.replace('_', '-')} must be >= 1, got "
                 f"{getattr(args, name)}"
             )
+    if args.processes != 1:
+        return _distributed_monitor(parser, args)
     try:
         rows = monitor.run(
             args.vocab,
@@ -142,6 +161,36 @@ def _monitor(
             f"{args.device}",
         )
     )
+    return 0
+
+
+def _distributed_monitor(
+    parser: argparse.ArgumentParser, args: argparse.Namespace
+) -> int:
+    try:
+        by_mode = distributed_monitor.run(
+            args.processes,
+            tuple(args.parallel),
+            args.vocab,
+            args.d_model,
+            args.layers,
+            args.heads,
+            args.length,
+            args.batch,
+            rounds=args.rounds,
+            histograms=not args.no_histograms,
+        )
+    except ValueError as error:
+        parser.error(str(error))
+    for mode, rows in by_mode.items():
+        print(
+            monitor.format_table(
+                rows,
+                f"{mode.upper()}, {args.processes} CPU processes (gloo), "
+                f"TinyGPT d_model {args.d_model}, {args.layers} layers, "
+                f"{args.batch} x {args.length} tokens per process, AdamW",
+            )
+        )
     return 0
 
 
