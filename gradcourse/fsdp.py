@@ -57,10 +57,19 @@ def rows_of(ids: torch.Tensor, rank: int) -> torch.Tensor:
     return ids[rank * ROWS_PER_RANK : (rank + 1) * ROWS_PER_RANK]
 
 
+def fully_shard_function():
+    """``fully_shard`` (FSDP2): public from torch 2.6, private before."""
+    try:
+        from torch.distributed.fsdp import fully_shard
+    except ImportError:  # torch < 2.6
+        from torch.distributed._composable.fsdp import fully_shard
+    return fully_shard
+
+
 def shard_model(model: nn.Module) -> nn.Module:
     """FSDP2: shard every block, then the root (embeddings, final norm,
     head). Parameters become DTensors split by rows over the ranks."""
-    from torch.distributed.fsdp import fully_shard
+    fully_shard = fully_shard_function()
 
     for block in model.blocks:
         fully_shard(block)

@@ -46,14 +46,12 @@ def uses_a_dataloader(rank: int, world_size: int) -> float:
 def half_sharded_monitor(rank: int, world_size: int) -> str:
     """Blocks sharded, root not: the monitor must refuse, naming a
     parameter."""
-    from torch.distributed.fsdp import fully_shard
-
-    from gradcourse.fsdp import tiny_model
+    from gradcourse.fsdp import fully_shard_function, tiny_model
     from gradcourse.monitor import GradientMonitor
 
     model = tiny_model()
     for block in model.blocks:
-        fully_shard(block)
+        fully_shard_function()(block)
     try:
         GradientMonitor(model)
     except ValueError as error:
