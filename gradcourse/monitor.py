@@ -191,6 +191,12 @@ class GradientMonitor:
                 "to monitor"
             )
         self.parameter_names = [name for name, _ in named]
+        #: parameters with requires_grad=False (diagnose() names them)
+        self.frozen_parameter_names = [
+            name
+            for name, p in model.named_parameters()
+            if not p.requires_grad
+        ]
         self._parameters = [p for _, p in named]
         # FSDP2: one all-reduce per recorded step makes the norms global
         self._group = sharding_group(
@@ -239,6 +245,35 @@ class GradientMonitor:
         )
         self._handles: list = []
         self._closed = False
+        self._stale: list[bool] = []
+        self._leftover: torch.Tensor | None = None
+        self._sentinel_handle = None
+        self._watch_sentinel()
+
+    def _watch_sentinel(self) -> None:
+        """Watch one small parameter for a forgotten ``zero_grad()``: its
+        gradient hook runs before the new gradient is added to ``.grad``,
+        so on the first backward of a step ``.grad`` must be None or zero.
+        What it holds then (its largest entry, kept on the device) travels
+        with the step's one transfer. Not under FSDP2, where ``.grad`` is
+        a sharded tensor that FSDP itself manages."""
+        candidates = [p for p in self._parameters if p.numel()]
+        if self._group is not None or not candidates:
+            return
+        sentinel = min(candidates, key=lambda p: p.numel())
+
+        def before_accumulation(grad: torch.Tensor) -> None:
+            if self._leftover is not None:  # not the step's first backward
+                return
+            old = sentinel.grad
+            if old is None:
+                self._leftover = grad.new_zeros((), dtype=torch.float64)
+            else:
+                old = old.detach()
+                old = old.coalesce().values() if old.is_sparse else old
+                self._leftover = old.abs().amax().double()
+
+        self._sentinel_handle = sentinel.register_hook(before_accumulation)
 
     # --- attaching
     # --------------------------------------------------------
@@ -284,6 +319,9 @@ class GradientMonitor:
         for handle in self._handles:
             handle.remove()
         self._handles = []
+        if self._sentinel_handle is not None:
+            self._sentinel_handle.remove()
+            self._sentinel_handle = None
         self.model = self.optimizer = None
         self._parameters, self._weights_before, self._squares_before = (
             [],
@@ -385,6 +423,7 @@ class GradientMonitor:
         self._recorded_step = self.step
         if self.step % self.every:
             self._first_bad_module, self._output_claim = None, None
+            self._leftover = None
             return True
         grads = [self._dense_values(p.grad, p) for p in self._parameters]
         # (under FSDP2, each rank's own shard: the statistics below are
@@ -400,11 +439,19 @@ class GradientMonitor:
             pieces.append(self._histograms(grads).reshape(-1))
         if self._pending_update is not None:
             pieces.append(self._pending_update)
+        leftover = self._leftover
+        if leftover is None:  # no hook ran (FSDP2, or no gradient)
+            leftover = pieces[0].new_zeros(())
+        self._leftover = None  # the next backward starts a new step
+        pieces.insert(0, leftover)
         flat = torch.cat([piece.double().reshape(-1) for piece in pieces])
         if self._group is not None:
             # sums of squares and counts add up over the shards
             torch.distributed.all_reduce(flat, group=self._group)
         host = flat.cpu().numpy()  # the one transfer
+        # the gradient held something before this step's first backward
+        self._stale.append(bool(host[0] > 0))
+        host = host[1:]
         self.transfers += 1
         parameter_count, layer_count = (
             len(self._parameters),
@@ -610,6 +657,8 @@ class GradientMonitor:
             "layer_names": list(self.layer_names),
             "log_magnitude": self.log_magnitude,
             "skipped_steps": list(self.skipped_steps),
+            # (S,) True where .grad was not reset before the backward
+            "stale_gradient": np.array(self._stale, dtype=bool),
             "layer_norms": np.sqrt(squares),
             "global_norm": np.sqrt(squares.sum(1)),
         }
@@ -671,3 +720,7 @@ class GradientMonitor:
                     bucket_counts=counts.tolist(),
                     global_step=step,
                 )
+
+
+# diagnose() reads a monitor's history back (Chapter 11)
+from gradcourse.diagnosis import Finding, diagnose  # noqa: E402, F401
