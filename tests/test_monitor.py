@@ -515,3 +515,12 @@ def test_importing_the_monitor_leaves_the_warning_filters_alone():
         check=True,
     )
     assert result.stdout.strip() == "True"
+
+
+def test_close_removes_the_zero_grad_sentinel_hook():
+    model = tiny()
+    monitor = GradientMonitor(model)
+    hooked = [p for p in model.parameters() if p._backward_hooks]
+    assert len(hooked) == 1
+    monitor.close()
+    assert not any(p._backward_hooks for p in model.parameters())
