@@ -287,3 +287,39 @@ def update_ratio_lines(
         fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5), ncol=1
     )
     return fig
+
+
+def global_norm_lines(
+    histories: Mapping[str, Mapping], title: str = "Global gradient norm"
+) -> Figure:
+    """The global gradient norm over the steps of several runs (Chapter
+    11: a broken run against its fix), log scale, one labelled line per
+    run; steps a GradScaler skipped are marked by thin vertical lines.
+
+    ``histories`` maps a label to a ``GradientMonitor.history``.
+
+    Raises:
+        ValueError: no history, or a history without recorded steps.
+    """
+    if not histories:
+        raise ValueError("histories is empty: give at least one run")
+    fig, ax = subplots(width=7.0)
+    for (name, history), color in zip(histories.items(), PALETTE):
+        _check_history(history, "global_norm", "steps")
+        ax.semilogy(
+            history["steps"],
+            history["global_norm"],
+            color=color,
+            label=name,
+        )
+        for index, step in enumerate(history.get("skipped_steps", [])):
+            ax.axvline(
+                step,
+                color=color,
+                alpha=0.3,
+                linewidth=1,
+                label=f"{name}: skipped step" if index == 0 else None,
+            )
+    label(ax, "step", "||gradient|| (global, before clipping)", title)
+    ax.legend(fontsize=8)
+    return fig

@@ -173,3 +173,21 @@ def test_update_ratio_lines_refuses_a_non_positive_reference():
 
     with pytest.raises(ValueError, match="reference"):
         update_ratio_lines(_history(), reference=0.0)
+
+
+def test_global_norm_lines_draws_a_labelled_line_per_run():
+    from gradcourse.plots import global_norm_lines
+
+    history = _history()
+    fig = global_norm_lines({"broken": history, "fixed": history})
+    ax = fig.axes[0]
+    assert ax.get_xlabel() == "step" and ax.get_yscale() == "log"
+    labels = [text.get_text() for text in ax.get_legend().texts]
+    assert labels == ["broken", "fixed"]
+
+
+def test_global_norm_lines_refuses_no_run():
+    from gradcourse.plots import global_norm_lines
+
+    with pytest.raises(ValueError, match="histories is empty"):
+        global_norm_lines({})
