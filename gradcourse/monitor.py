@@ -248,6 +248,7 @@ class GradientMonitor:
         self._stale: list[bool] = []
         self._leftover: torch.Tensor | None = None
         self._sentinel_handle = None
+        self._snapshot: list[torch.Tensor] | None = None
         self._watch_sentinel()
 
     def _watch_sentinel(self) -> None:
@@ -425,18 +426,12 @@ class GradientMonitor:
             self._first_bad_module, self._output_claim = None, None
             self._leftover = None
             return True
-        grads = [self._dense_values(p.grad, p) for p in self._parameters]
-        # (under FSDP2, each rank's own shard: the statistics below are
-        # sums over entries, made global by one all-reduce)
-        # (P,) squared norms
-        pieces = [
-            torch.stack(torch._foreach_norm(grads, 2, dtype=torch.float64))
-            ** 2
-        ]
         detailed = self.step % self.detail_every == 0
         with_histograms = self.histograms and detailed
-        if with_histograms:
-            pieces.append(self._histograms(grads).reshape(-1))
+        snapshot, self._snapshot = self._snapshot, None
+        pieces = list(
+            snapshot or self._gradient_statistics(with_histograms)
+        )
         if self._pending_update is not None:
             pieces.append(self._pending_update)
         leftover = self._leftover
@@ -486,6 +481,37 @@ class GradientMonitor:
             )
             self._awaiting_update = True
         return self._check_finite(squares, overflow_expected)
+
+    def _gradient_statistics(
+        self, with_histograms: bool
+    ) -> list[torch.Tensor]:
+        """``[(P,) squared norms, (layers * bins,) counts if asked]`` of
+        the current gradients, on the device. Under FSDP2 each rank's own
+        shard: sums over entries, made global by record()'s all-reduce."""
+        grads = [self._dense_values(p.grad, p) for p in self._parameters]
+        squares = torch._foreach_norm(grads, 2, dtype=torch.float64)
+        pieces = [torch.stack(squares) ** 2]
+        if with_histograms:
+            pieces.append(self._histograms(grads).reshape(-1))
+        return pieces
+
+    def snapshot(self) -> None:
+        """Compute the next recorded step's gradient statistics now, on the
+        device (no transfer), for the next :meth:`record` to use instead
+        of the gradients it would find then.
+
+        For loops where something changes ``.grad`` between the backward
+        and the place where ``record()`` can run: the Hugging Face
+        ``Trainer`` clips before any callback sees the gradients
+        (``gradcourse.hf``). Calling it again replaces the snapshot.
+        """
+        upcoming = self.step + (self._recorded_step == self.step)
+        if upcoming % self.every:
+            return
+        detailed = upcoming % self.detail_every == 0
+        self._snapshot = self._gradient_statistics(
+            self.histograms and detailed
+        )
 
     @staticmethod
     def _dense_values(
