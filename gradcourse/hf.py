@@ -150,13 +150,12 @@ class GradientMonitorCallback(TrainerCallback):
         self.monitor.record_update()
 
     def on_log(self, args, state, control, logs=None, **kwargs):
-        if logs is None or not self.monitor._rows:
+        # training-step logs only (not the end-of-training summary)
+        if not logs or "grad_norm" not in logs:
             return
-        names = self.monitor.layer_names
-        norms = self.monitor._rows[-1] ** 0.5  # the last recorded step
         layer_logs = {
-            f"grad_norm/{name}": float(norm)
-            for name, norm in zip(names, norms)
+            f"grad_norm/{name}": norm
+            for name, norm in self.monitor.latest_layer_norms.items()
         }
         logs.update(layer_logs)
         if state.log_history and state.log_history[-1].get("step") == (

@@ -668,6 +668,16 @@ class GradientMonitor:
     # --- results
     # ----------------------------------------------------------
     @property
+    def latest_layer_norms(self) -> dict[str, float]:
+        """``{layer: gradient norm}`` of the last recorded step (empty
+        before the first); cheaper than :attr:`history` for logging."""
+        if not self._rows:
+            return {}
+        return dict(
+            zip(self.layer_names, np.sqrt(self._rows[-1]).tolist())
+        )
+
+    @property
     def history(self) -> dict[str, np.ndarray | list[str]]:
         """Plain arrays: ``steps (S,)``, ``global_norm (S,)``,
         ``layer_norms (S, L)``, ``update_ratios (S, L)`` (NaN where not

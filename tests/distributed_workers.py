@@ -101,3 +101,24 @@ def ddp_noise_scale(rank: int, world_size: int) -> tuple[dict, dict]:
         sum(squares) / world_size, 8, big, 8 * world_size
     )
     return measured, expected
+
+
+def trainer_under_ddp(rank: int, world_size: int) -> dict:
+    """A Hugging Face Trainer in each of the ranks (DDP over gloo), with
+    the callback; returns the Trainer's logged norms and the monitor's."""
+    import tempfile
+
+    import hf_setup
+
+    os.environ.update(
+        RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world_size)
+    )
+    trainer, callback = hf_setup.trainer_with_callback(
+        tempfile.mkdtemp(), accumulation=2, ddp_backend="gloo"
+    )
+    trainer.train()
+    return {
+        "logged": hf_setup.logged(trainer, "grad_norm"),
+        "monitor": callback.monitor.history["global_norm"].tolist(),
+        "distributed": trainer.args.parallel_mode.value,
+    }

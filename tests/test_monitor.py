@@ -524,3 +524,15 @@ def test_close_removes_the_zero_grad_sentinel_hook():
     assert len(hooked) == 1
     monitor.close()
     assert not any(p._backward_hooks for p in model.parameters())
+
+
+def test_latest_layer_norms_are_the_last_history_row():
+    model = tiny()
+    monitor = GradientMonitor(model)
+    assert monitor.latest_layer_norms == {}
+    backward(model)
+    monitor.record()
+    history = monitor.history
+    assert list(monitor.latest_layer_norms.values()) == pytest.approx(
+        history["layer_norms"][-1].tolist()
+    )
