@@ -25,6 +25,10 @@ docstrings say which.
   (Chapters 6, 7)
 - :mod:`gradcourse.monitor`    GradientMonitor (Chapter 9, then Chapters 6
   and 10)
+- :mod:`gradcourse.diagnosis`  ``diagnose()``: findings from a monitor's
+  history (Chapter 11)
+- :mod:`gradcourse.hf`         ``GradientMonitorCallback`` for the Hugging
+  Face Trainer (Chapter 9; needs ``transformers``)
 - :mod:`gradcourse.train`      a training loop; gradient accumulation
   (Chapters 9, 10)
 - :mod:`gradcourse.precision`  float16 underflow and overflow,
