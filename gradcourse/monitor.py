@@ -505,6 +505,11 @@ class GradientMonitor:
         ``Trainer`` clips before any callback sees the gradients
         (``gradcourse.hf``). Calling it again replaces the snapshot.
         """
+        if self._closed:
+            raise RuntimeError(
+                "this GradientMonitor was closed; build a new one to "
+                "record again"
+            )
         upcoming = self.step + (self._recorded_step == self.step)
         if upcoming % self.every:
             return

@@ -536,3 +536,24 @@ def test_latest_layer_norms_are_the_last_history_row():
     assert list(monitor.latest_layer_norms.values()) == pytest.approx(
         history["layer_norms"][-1].tolist()
     )
+
+
+def test_a_snapshot_is_what_record_reads_even_after_the_gradients_change():
+    model = tiny()
+    monitor = GradientMonitor(model)
+    backward(model)
+    monitor.snapshot()
+    # clipping changes .grad after the snapshot; its return value is the
+    # norm before clipping, which record() must report
+    before = torch.nn.utils.clip_grad_norm_(model.parameters(), 1e-6)
+    monitor.record()
+    assert monitor.history["global_norm"][0] == pytest.approx(
+        before.item(), rel=1e-5
+    )
+
+
+def test_a_closed_monitor_refuses_to_snapshot():
+    monitor = GradientMonitor(tiny())
+    monitor.close()
+    with pytest.raises(RuntimeError, match="was closed"):
+        monitor.snapshot()
