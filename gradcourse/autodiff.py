@@ -33,6 +33,20 @@ def _check_number(value: object, what: str) -> float:
     return float(value)
 
 
+def _power(base: float, exponent: float) -> float:
+    """``base ** exponent``, or a signed infinity where it overflows (as
+    ``*`` and PyTorch give), instead of Python's ``OverflowError``."""
+    try:
+        return base**exponent
+    except OverflowError:
+        if base < 0 and not exponent.is_integer():
+            raise ValueError(
+                f"{base} ** {exponent} is not a real number"
+            ) from None
+        odd = base < 0 and exponent % 2 == 1
+        return -math.inf if odd else math.inf
+
+
 class Value:
     """A scalar that remembers how it was computed, so that ``backward()``
     can differentiate it.
@@ -97,9 +111,9 @@ class Value:
             exponent,
             "exponent (a constant; Value ** Value is not supported)",
         )
-        if self.data == 0 and exponent < 1:
+        if self.data == 0 and exponent < 1 and exponent != 0:
             raise ValueError(f"0 ** {exponent} has no finite derivative")
-        result = self.data**exponent
+        result = _power(self.data, exponent)
         if isinstance(result, complex):
             raise ValueError(
                 f"{self.data} ** {exponent} is not a real number"
@@ -107,13 +121,20 @@ class Value:
         out = Value(result, (self,), f"**{exponent:g}")
 
         def _backward() -> None:
-            self.grad += exponent * self.data ** (exponent - 1) * out.grad
+            if exponent != 0:  # x ** 0 is constant, even at x = 0
+                self.grad += (
+                    exponent * _power(self.data, exponent - 1) * out.grad
+                )
 
         out._backward = _backward
         return out
 
     def exp(self) -> Value:
-        out = Value(math.exp(self.data), (self,), "exp")
+        try:
+            result = math.exp(self.data)
+        except OverflowError:  # inf, as * and PyTorch give
+            result = math.inf
+        out = Value(result, (self,), "exp")
 
         def _backward() -> None:
             self.grad += out.data * out.grad

@@ -26,8 +26,10 @@ def glue(name: str, value: T, *, display: bool = False) -> T:
         name: the key that ``{glue:text}`name``` refers to; a non-empty
             ``str``.
         value: any object; numbers are what the prose quotes. A NumPy
-            scalar or a one-element tensor is glued as the Python number it
-            holds, so the prose shows ``0.25``, not ``np.float64(0.25)``.
+            scalar, a one-element NumPy array (``tensor.numpy()`` of a 0-d
+            tensor) or a one-element tensor is glued as the Python number
+            it holds, so the prose shows ``0.25``, not
+            ``np.float64(0.25)``.
         display: also show the value under the cell (default: recorded
             only).
 
@@ -41,8 +43,10 @@ def glue(name: str, value: T, *, display: bool = False) -> T:
         )
     if not name.strip():
         raise ValueError(f"name must be a non-empty string, got {name!r}")
-    one_number = isinstance(value, np.generic) or (
-        isinstance(value, torch.Tensor) and value.numel() == 1
+    one_number = (
+        isinstance(value, np.generic)
+        or (isinstance(value, torch.Tensor) and value.numel() == 1)
+        or (isinstance(value, np.ndarray) and value.size == 1)
     )
     shown = value.item() if one_number else value
     try:

@@ -13,10 +13,12 @@ import functools
 import gzip
 import importlib.resources
 import re
+from collections.abc import Iterator
 
 import torch
 
 from gradcourse._validate import (
+    check_int,
     check_int_tensor,
     check_number,
     check_positive_int,
@@ -25,6 +27,12 @@ from gradcourse._validate import (
 #: The corpus file shipped inside the package, as (folder, name); built by
 #: ``tools/build_corpus.py``.
 CORPUS_FILE = ("corpus", "stdlib_docstrings.txt.gz")
+
+#: The smallest seed ``torch.Generator.manual_seed`` accepts.
+_SMALLEST_SEED = -(2**63)
+
+#: The most categories ``torch.multinomial`` draws from.
+_MULTINOMIAL_LIMIT = 2**24
 
 END_OF_WORD = "</w>"
 _WORD = re.compile(r"[a-z]+|[0-9]+|[^\sa-z0-9]")
@@ -45,11 +53,21 @@ def zipf_token_ids(
 
     Raises:
         TypeError / ValueError: ``num_tokens`` or ``vocab_size`` is not a
-            positive int, or ``exponent`` is not a finite number >= 0.
+            positive int, ``vocab_size`` exceeds ``2**24`` (the most
+            categories ``torch.multinomial`` draws from),
+            ``exponent`` is not a finite number >= 0, or ``seed`` is not
+            an int.
     """
     check_positive_int("num_tokens", num_tokens)
     check_positive_int("vocab_size", vocab_size)
+    if vocab_size > _MULTINOMIAL_LIMIT:
+        raise ValueError(
+            f"vocab_size must be <= 2**24 = {_MULTINOMIAL_LIMIT} (the "
+            "most categories torch.multinomial draws from), got "
+            f"{vocab_size}"
+        )
     check_number("exponent", exponent, minimum=0)
+    check_int("seed", seed, minimum=_SMALLEST_SEED)
     ranks = torch.arange(1, vocab_size + 1, dtype=torch.float64)
     probabilities = ranks.pow(-float(exponent))
     generator = torch.Generator().manual_seed(seed)
@@ -93,8 +111,7 @@ def _corpus_text() -> str:
 def words(text: str) -> list[str]:
     """Lower-cased words, numbers and single punctuation marks of ``text``,
     in order."""
-    if not isinstance(text, str):
-        raise TypeError(f"text must be a str, got {type(text).__name__}")
+    _check_text(text)
     return _WORD.findall(text.lower())
 
 
@@ -103,7 +120,8 @@ class CharTokenizer:
     training text, sorted."""
 
     def __init__(self, text: str) -> None:
-        if not isinstance(text, str) or not text:
+        _check_text(text)
+        if not text:
             raise ValueError(
                 "CharTokenizer needs a non-empty training text"
             )
@@ -116,6 +134,7 @@ class CharTokenizer:
     def encode(self, text: str) -> torch.Tensor:
         """``(len(text),)`` int64 ids; raises ``ValueError`` naming a
         character not in the vocabulary."""
+        _check_text(text)
         unknown = next(
             (char for char in text if char not in self._index), None
         )
@@ -179,6 +198,13 @@ class WordTokenizer:
         return " ".join(
             self.vocab[i] for i in _checked_ids(token_ids, len(self.vocab))
         )
+
+
+def _check_text(text: object) -> None:
+    """Raise ``TypeError`` naming the type unless ``text`` is a str (a
+    list of characters would otherwise pass for one)."""
+    if not isinstance(text, str):
+        raise TypeError(f"text must be a str, got {type(text).__name__}")
 
 
 def _checked_ids(token_ids: torch.Tensor, vocab_size: int) -> list[int]:
@@ -276,7 +302,10 @@ def encode(text: str, merges: list[tuple[str, str]]) -> list[str]:
     with the markers replaced by spaces gives the words back.
     """
     if not isinstance(merges, list) or not all(
-        isinstance(m, tuple) and len(m) == 2 for m in merges
+        isinstance(m, tuple)
+        and len(m) == 2
+        and all(isinstance(symbol, str) for symbol in m)
+        for m in merges
     ):
         raise TypeError(
             "merges must be a list of (str, str) pairs, as train_bpe "
@@ -300,7 +329,7 @@ def encode(text: str, merges: list[tuple[str, str]]) -> list[str]:
 
 def random_windows(
     token_ids: torch.Tensor, batch_size: int, length: int, *, seed: int = 0
-):
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Endless batches of random windows of a token sequence, for
     next-token training.
 
@@ -312,21 +341,32 @@ def random_windows(
 
     Raises:
         TypeError / ValueError: ``token_ids`` is not a 1-D integer tensor
-            longer than ``length + 1``, or a size is not a positive int.
+            longer than ``length + 1``, a size is not a positive int, or
+            ``seed`` is not an int; raised by the call itself, not at the
+            first ``next()``.
     """
     check_positive_int("batch_size", batch_size)
     check_positive_int("length", length)
-    if (
-        not isinstance(token_ids, torch.Tensor)
-        or token_ids.dim() != 1
-        or token_ids.is_floating_point()
-    ):
-        raise TypeError("token_ids must be a 1-D integer tensor")
+    check_int("seed", seed, minimum=_SMALLEST_SEED)
+    check_int_tensor("token_ids", token_ids)
+    if token_ids.dim() != 1:
+        raise TypeError(
+            "token_ids must be a 1-D integer tensor, got shape "
+            f"{tuple(token_ids.shape)}"
+        )
     if token_ids.numel() < length + 2:
         raise ValueError(
             f"token_ids has {token_ids.numel()} tokens: too few for "
             f"windows of length {length}"
         )
+    return _windows(token_ids, batch_size, length, seed)
+
+
+def _windows(
+    token_ids: torch.Tensor, batch_size: int, length: int, seed: int
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """The endless batches of :func:`random_windows`, whose arguments are
+    checked."""
     generator = torch.Generator().manual_seed(seed)
     offsets = torch.arange(length + 1, device=token_ids.device)
     # a window takes length + 1 tokens: starts 0 .. numel - length - 1, the

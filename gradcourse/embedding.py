@@ -128,6 +128,11 @@ def embedding_backward(
             unknown.
     """
     check_choice("method", method, METHODS)
+    if not isinstance(scale_grad_by_freq, bool):
+        raise TypeError(
+            "scale_grad_by_freq must be True or False, got "
+            f"{scale_grad_by_freq!r}"
+        )
     dim = _check_lookup(grad_output, token_ids, num_embeddings)
     padding_idx = _normalise_padding_idx(padding_idx, num_embeddings)
     flat_ids = token_ids.reshape(-1).long()
@@ -217,7 +222,9 @@ def split_embedding_parameters(
     name: names differ between code bases (GPT-2 calls them ``wte`` and
     ``wpe``). Each tensor appears once, so a tied output projection (the
     same tensor as the token embedding) lands in the embedding list and
-    nowhere else.
+    nowhere else. A parametrised table (``torch.nn.utils.parametrize``,
+    ``weight_norm``) contributes the parameters its ``.weight`` is
+    computed from.
 
     Returns:
         ``(embedding_parameters, other_parameters)``; together they hold
@@ -232,11 +239,14 @@ def split_embedding_parameters(
         raise TypeError(
             f"model must be a torch.nn.Module, got {type(model).__name__}"
         )
+    # the module's parameters, not its .weight: a parametrised table
+    # (parametrize, weight_norm) computes .weight from them
     tables = [
-        module.weight
+        parameter
         for module in model.modules()
         if isinstance(module, (torch.nn.Embedding, torch.nn.EmbeddingBag))
-        and module.weight.requires_grad
+        for parameter in module.parameters()
+        if parameter.requires_grad
     ]
     embedding_ids = {id(weight) for weight in tables}
     if not embedding_ids:

@@ -8,7 +8,6 @@ from __future__ import annotations
 import os
 import platform
 import random
-import sys
 from collections.abc import Iterable
 from typing import Any, TypeVar
 
@@ -90,7 +89,7 @@ TEXT_PROGRESS_VARIABLE = "GRADCOURSE_TEXT_PROGRESS"
 
 class FinalLineBar(std_tqdm):
     """A text bar that draws nothing while it runs and writes its final
-    state to stderr when it closes."""
+    state when it closes, to the bar's ``file`` (stderr by default)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **{**kwargs, "delay": float("inf")})
@@ -98,7 +97,8 @@ class FinalLineBar(std_tqdm):
     def close(self) -> None:
         # tqdm sets disable once closed: the line is written once
         if not self.disable:
-            sys.stderr.write(f"{self}\n")
+            self.fp.write(f"{self}\n")
+            self.fp.flush()
         super().close()
 
 

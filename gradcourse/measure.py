@@ -19,7 +19,8 @@ def loglog_slope(x: torch.Tensor, y: torch.Tensor) -> float:
             finite and > 0, with at least two distinct ``x``.
 
     Raises:
-        TypeError: ``x`` or ``y`` is not a tensor.
+        TypeError: ``x`` or ``y`` is not a real-valued tensor (bool and
+            complex refused).
         ValueError: shapes differ or are not 1-D, fewer than 2 points, an
             entry is not finite or not > 0 (the message names the first
             one), or all ``x`` are equal.
@@ -28,6 +29,10 @@ def loglog_slope(x: torch.Tensor, y: torch.Tensor) -> float:
         if not isinstance(values, torch.Tensor):
             raise TypeError(
                 f"{name} must be a tensor, got {type(values).__name__}"
+            )
+        if values.is_complex() or values.dtype == torch.bool:
+            raise TypeError(
+                f"{name} must hold real numbers, got dtype {values.dtype}"
             )
         if values.dim() != 1:
             raise ValueError(
@@ -51,8 +56,10 @@ def loglog_slope(x: torch.Tensor, y: torch.Tensor) -> float:
                 "must be finite and > 0"
             )
     log_x, log_y = x.double().log10(), y.double().log10()
+    # compared exactly: the spread of equal values, computed around their
+    # rounded mean, need not come out 0
+    if bool((log_x == log_x[0]).all()):
+        raise ValueError("all x are equal: the slope is undefined")
     centred_x = log_x - log_x.mean()
     spread = (centred_x**2).sum()
-    if spread == 0:
-        raise ValueError("all x are equal: the slope is undefined")
     return ((centred_x * (log_y - log_y.mean())).sum() / spread).item()

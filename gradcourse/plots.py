@@ -9,6 +9,7 @@ without axis names and units is not allowed in the book.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Mapping
 
 import matplotlib as mpl
@@ -67,17 +68,17 @@ def subplots(
     default to 5.2 x 3.6 per panel.
 
     Raises:
-        TypeError: ``nrows`` or ``ncols`` is not an int.
-        ValueError: ``nrows`` or ``ncols`` is < 1, or a size is not > 0.
+        TypeError: ``nrows`` or ``ncols`` is not an int, or a size is not
+            a number.
+        ValueError: ``nrows`` or ``ncols`` is < 1, or a size is not a
+            finite number > 0.
     """
     check_positive_int("nrows", nrows)
     check_positive_int("ncols", ncols)
     width = 5.2 * ncols if width is None else width
     height = 3.6 * nrows if height is None else height
-    if not (width > 0 and height > 0):
-        raise ValueError(
-            f"width and height must be > 0 inches, got {width} x {height}"
-        )
+    check_number("width", width, minimum=0, strict=True)
+    check_number("height", height, minimum=0, strict=True)
     use_style()
     return plt.subplots(nrows, ncols, figsize=(width, height), **kwargs)
 
@@ -126,8 +127,11 @@ def layer_histograms(
             many orders of magnitude.
         xlabel: the name and unit of the values.
 
+    Entries that are inf or NaN cannot be binned: they are left out, and
+    the panel's title says how many.
+
     Raises:
-        TypeError: ``values`` is not a mapping of tensors.
+        TypeError: ``values`` is not a mapping of real-valued tensors.
         ValueError: ``values`` is empty, or ``bins`` < 1.
     """
     if not isinstance(values, Mapping):
@@ -144,11 +148,19 @@ def layer_histograms(
                 f"values[{name!r}] must be a tensor, got "
                 f"{type(tensor).__name__}"
             )
+        if tensor.is_complex():
+            raise TypeError(
+                f"values[{name!r}] must hold real numbers, got dtype "
+                f"{tensor.dtype}"
+            )
     fig, axes = subplots(
         1, len(values), width=3.2 * len(values), height=2.8, squeeze=False
     )
     for ax, (name, tensor) in zip(axes[0], values.items()):
         entries = tensor.detach().double().cpu().flatten().numpy()
+        finite = np.isfinite(entries)
+        left_out = int((~finite).sum())
+        entries = entries[finite]
         if log_magnitude:
             entries = np.log10(np.abs(entries[entries != 0]))
         ax.hist(entries, bins=bins, color=PALETTE[0])
@@ -156,7 +168,9 @@ def layer_histograms(
             ax,
             f"log10 |{xlabel}|" if log_magnitude else xlabel,
             "count",
-            title=name,
+            title=f"{name} ({left_out} inf/NaN left out)"
+            if left_out
+            else name,
         )
     return fig
 
@@ -299,12 +313,21 @@ def global_norm_lines(
     ``histories`` maps a label to a ``GradientMonitor.history``.
 
     Raises:
+        TypeError: ``histories`` is not a mapping.
         ValueError: no history, or a history without recorded steps.
     """
+    if not isinstance(histories, Mapping):
+        raise TypeError(
+            "histories must be a mapping of label -> history, got "
+            f"{type(histories).__name__}"
+        )
     if not histories:
         raise ValueError("histories is empty: give at least one run")
     fig, ax = subplots(width=7.0)
-    for (name, history), color in zip(histories.items(), PALETTE):
+    # the palette repeats past its seventh run rather than drop the rest
+    for (name, history), color in zip(
+        histories.items(), itertools.cycle(PALETTE)
+    ):
         _check_history(history, "global_norm", "steps")
         ax.semilogy(
             history["steps"],

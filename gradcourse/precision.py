@@ -29,13 +29,22 @@ def low_precision_fate(
 
     Raises:
         TypeError: ``gradients`` holds something that is not a
-            floating-point tensor.
+            floating-point tensor, ``scale`` is not a number, or ``dtype``
+            is not a floating-point ``torch.dtype``.
         ValueError: ``scale`` is not a finite number > 0, or there is no
             nonzero entry.
     """
-    if not (isinstance(scale, (int, float)) and 0 < scale < float("inf")):
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)):
+        raise TypeError(
+            f"scale must be a finite number > 0, got {scale!r}"
+        )
+    if not 0 < scale < float("inf"):
         raise ValueError(
             f"scale must be a finite number > 0, got {scale!r}"
+        )
+    if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+        raise TypeError(
+            f"dtype must be a floating-point torch.dtype, got {dtype!r}"
         )
     info = torch.finfo(dtype)
     counts = None
@@ -46,7 +55,11 @@ def low_precision_fate(
         ):
             raise TypeError(
                 "gradients must be floating-point tensors, got "
-                f"{type(gradient).__name__}"
+                + (
+                    f"dtype {gradient.dtype}"
+                    if isinstance(gradient, torch.Tensor)
+                    else type(gradient).__name__
+                )
             )
         values = gradient.detach().reshape(-1).double() * scale
         values = values[values != 0]

@@ -162,3 +162,28 @@ def test_negative_base_to_a_fractional_power_is_refused():
 def test_division_by_zero_names_the_numerator():
     with pytest.raises(ZeroDivisionError, match="3.0"):
         Value(3.0) / Value(0.0)
+
+
+def test_a_power_that_overflows_is_inf_as_a_product_is():
+    big = Value(1e200)
+    square = big**2
+    square.backward()
+    assert square.data == (big * big).data == math.inf
+    assert big.grad == pytest.approx(2e200)
+    assert (Value(-1e200) ** 3).data == -math.inf
+
+
+def test_exp_that_overflows_is_inf_as_in_torch():
+    x = Value(1000.0)
+    out = x.exp()
+    out.backward()
+    assert out.data == torch.exp(torch.tensor(1000.0)).item() == math.inf
+    assert x.grad == math.inf
+
+
+def test_zero_to_the_power_zero_is_one_with_zero_gradient():
+    x = Value(0.0)
+    out = x**0
+    out.backward()
+    assert (out.data, x.grad) == (1.0, 0.0)
+    assert torch_grad(lambda t: t**0, 0.0) == [0.0]

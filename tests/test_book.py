@@ -50,3 +50,23 @@ def test_glue_refuses_a_name_that_is_not_a_string(name):
 def test_glue_refuses_an_empty_name():
     with pytest.raises(ValueError, match="non-empty"):
         glue("  ", 1.0)
+
+
+def test_glue_records_a_one_element_numpy_array_as_a_python_number(
+    monkeypatch,
+):
+    import myst_nb
+    import numpy as np
+    import torch
+
+    recorded = []
+    monkeypatch.setattr(
+        myst_nb,
+        "glue",
+        lambda name, value, display: recorded.append(value),
+    )
+    glue("mean", torch.tensor(0.25).numpy())
+    glue("row", np.array([3]))
+    assert recorded == [0.25, 3] and [
+        type(value) for value in recorded
+    ] == [float, int]

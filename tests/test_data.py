@@ -226,3 +226,67 @@ def test_decode_names_an_id_outside_the_vocabulary(tokenizer, bad_id):
         ValueError, match=f"token id {bad_id} is outside the vocabulary"
     ):
         tokenizer.decode(torch.tensor([0, bad_id]))
+
+
+def test_random_windows_refuses_bad_arguments_at_the_call():
+    # not at the first next(): the error points at the line that is wrong
+    with pytest.raises(
+        ValueError, match="too few for windows of length 10"
+    ):
+        random_windows(torch.arange(5), 2, 10)
+
+
+@pytest.mark.parametrize("dtype", [torch.complex64, torch.bool])
+def test_random_windows_refuses_ids_that_are_not_integers(dtype):
+    with pytest.raises(
+        TypeError,
+        match=f"token_ids must hold integers .*got dtype {dtype}",
+    ):
+        random_windows(torch.zeros(20, dtype=dtype), 2, 3)
+
+
+def test_random_windows_names_the_shape_of_ids_that_are_not_1d():
+    with pytest.raises(TypeError, match=r"1-D .*got shape \(4, 5\)"):
+        random_windows(torch.zeros(4, 5, dtype=torch.long), 2, 3)
+
+
+@pytest.mark.parametrize("seed", [1.5, "0", True])
+def test_a_seed_that_is_not_an_int_is_refused_and_named(seed):
+    with pytest.raises(
+        TypeError, match=f"seed must be an int, got {seed!r}"
+    ):
+        zipf_token_ids(10, 5, seed=seed)
+    with pytest.raises(
+        TypeError, match=f"seed must be an int, got {seed!r}"
+    ):
+        random_windows(torch.arange(20), 2, 3, seed=seed)
+
+
+def test_a_negative_seed_still_seeds_the_generator():
+    assert torch.equal(
+        zipf_token_ids(50, 10, seed=-3), zipf_token_ids(50, 10, seed=-3)
+    )
+
+
+@pytest.mark.parametrize("text", [123, ["a", "b"]])
+def test_char_tokenizer_refuses_a_text_that_is_not_a_str(text):
+    with pytest.raises(
+        TypeError, match=f"text must be a str, got {type(text).__name__}"
+    ):
+        CharTokenizer(text)
+    with pytest.raises(
+        TypeError, match=f"text must be a str, got {type(text).__name__}"
+    ):
+        CharTokenizer("ab").encode(text)
+
+
+def test_encode_refuses_merges_that_are_not_pairs_of_strings():
+    with pytest.raises(TypeError, match=r"\(str, str\) pairs"):
+        encode("abc", [(1, 2)])
+
+
+def test_zipf_names_a_vocab_size_beyond_what_multinomial_draws_from():
+    with pytest.raises(
+        ValueError, match=r"vocab_size must be <= 2\*\*24 = 16777216"
+    ):
+        zipf_token_ids(10, 2**24 + 1)

@@ -344,3 +344,45 @@ def test_tied_gradient_parts_refuses_float_ids():
         r"got dtype torch.float32",
     ):
         tied_gradient_parts(model, token_ids.float(), targets)
+
+
+class _Doubled(torch.nn.Module):
+    def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        return 2 * weight
+
+
+@pytest.mark.parametrize("wrap", ["parametrize", "weight_norm"])
+def test_split_embedding_parameters_gives_a_parametrised_tables_leaves(
+    wrap,
+):
+    model = torch.nn.Sequential(
+        torch.nn.Embedding(5, 3), torch.nn.Linear(3, 2)
+    )
+    if wrap == "parametrize":
+        torch.nn.utils.parametrize.register_parametrization(
+            model[0], "weight", _Doubled()
+        )
+    else:
+        torch.nn.utils.parametrizations.weight_norm(model[0])
+    embeddings, others = split_embedding_parameters(model)
+    table_parameters = list(model[0].parameters())
+    assert [id(p) for p in embeddings] == list(map(id, table_parameters))
+    assert all(p.is_leaf for p in embeddings)
+    assert sorted(map(id, embeddings + others)) == sorted(
+        map(id, model.parameters())
+    )
+    # the groups are ones an optimizer accepts
+    torch.optim.SGD([{"params": embeddings}, {"params": others}], lr=0.1)
+
+
+def test_a_scale_grad_by_freq_that_is_not_a_bool_is_refused():
+    with pytest.raises(
+        TypeError,
+        match="scale_grad_by_freq must be True or False, got 'no'",
+    ):
+        embedding_backward(
+            torch.zeros(2, 3),
+            torch.tensor([0, 1]),
+            4,
+            scale_grad_by_freq="no",
+        )

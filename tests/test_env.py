@@ -83,3 +83,16 @@ def test_progress_writes_one_final_line_when_the_book_build_asks(
     written = capsys.readouterr().err
     assert written.count("\n") == 1 and "\r" not in written
     assert written.startswith("steps: 100%") and "3/3" in written
+
+
+def test_progress_writes_the_final_line_to_the_file_asked_for(
+    monkeypatch, capsys
+):
+    import io
+
+    monkeypatch.setenv(TEXT_PROGRESS_VARIABLE, "1")
+    log = io.StringIO()
+    for _ in progress(range(3), desc="steps", file=log):
+        pass
+    assert log.getvalue().startswith("steps: 100%")
+    assert capsys.readouterr().err == ""

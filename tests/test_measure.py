@@ -49,3 +49,17 @@ def test_loglog_slope_refuses_a_list():
 def test_loglog_slope_refuses_a_2d_tensor():
     with pytest.raises(ValueError, match="1-D"):
         loglog_slope(torch.ones(2, 2), torch.ones(2, 2))
+
+
+def test_loglog_slope_refuses_equal_x_whose_log_mean_rounds():
+    # the mean of seven log10(3) is not log10(3) in float64
+    with pytest.raises(ValueError, match="all x are equal"):
+        loglog_slope(torch.full((7,), 3.0), torch.arange(1.0, 8.0))
+
+
+@pytest.mark.parametrize("dtype", [torch.complex64, torch.bool])
+def test_loglog_slope_refuses_values_that_are_not_real_numbers(dtype):
+    with pytest.raises(
+        TypeError, match=f"x must hold real numbers, got dtype {dtype}"
+    ):
+        loglog_slope(torch.ones(2, dtype=dtype), torch.ones(2))

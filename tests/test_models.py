@@ -8,6 +8,7 @@ from gradcourse.models import (
     RNN,
     TinyGPT,
     is_tied,
+    scaled_orthogonal_,
     sinusoidal_positions,
 )
 
@@ -343,3 +344,119 @@ def test_rnn_refuses_a_bad_output_size():
         ValueError, match="output_size must be >= 1, got -2"
     ):
         RNN(2, 4, output_size=-2)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_scaled_orthogonal_fills_a_low_precision_weight(dtype):
+    weight = torch.empty(6, 6, dtype=dtype)
+    scaled_orthogonal_(weight, 1.5)
+    assert weight.dtype == dtype
+    torch.testing.assert_close(
+        torch.linalg.svdvals(weight.float()),
+        torch.full((6,), 1.5),
+        atol=0.02,
+        rtol=0,
+    )
+
+
+def test_scaled_orthogonal_refuses_an_integer_weight_and_names_its_dtype():
+    with pytest.raises(TypeError, match="got dtype torch.int64"):
+        scaled_orthogonal_(torch.zeros(3, 3, dtype=torch.long), 1.0)
+
+
+def test_scaled_orthogonal_refuses_a_list_with_a_type_error():
+    with pytest.raises(
+        TypeError, match="weight must be a tensor, got list"
+    ):
+        scaled_orthogonal_([[1.0]], 1.0)
+
+
+class _Doubled(torch.nn.Module):
+    def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        return 2 * weight
+
+
+def test_scaled_orthogonal_refuses_a_parametrised_weight_it_cannot_fill():
+    rnn = RNN(2, 4)
+    torch.nn.utils.parametrize.register_parametrization(
+        rnn.recurrent, "weight", _Doubled()
+    )
+    with pytest.raises(ValueError, match="parametrised module's .weight"):
+        scaled_orthogonal_(rnn.recurrent_weight, 3.0)
+
+
+def test_scaled_orthogonal_fills_a_square_view_of_a_parameter():
+    weight = torch.nn.Parameter(torch.randn(8, 4))
+    scaled_orthogonal_(weight[:4], 2.0)
+    torch.testing.assert_close(
+        torch.linalg.svdvals(weight[:4].detach()), torch.full((4,), 2.0)
+    )
+
+
+@pytest.mark.parametrize("cell", ["vanilla", "lstm"])
+def test_rnn_names_inputs_of_the_wrong_feature_size(cell):
+    with pytest.raises(
+        ValueError, match=r"\(batch, >= 1, 3\), got \(2, 5, 7\)"
+    ):
+        RNN(3, 4, cell=cell)(torch.randn(2, 5, 7))
+
+
+def test_rnn_refuses_a_sequence_of_no_steps():
+    with pytest.raises(ValueError, match=r"got \(2, 0, 3\)"):
+        RNN(3, 4)(torch.randn(2, 0, 3))
+
+
+def test_rnn_refuses_inputs_that_are_not_a_tensor():
+    with pytest.raises(
+        TypeError, match="inputs must be a tensor, got list"
+    ):
+        RNN(3, 4)([[[0.0, 0.0, 0.0]]])
+
+
+def test_mlp_names_inputs_of_the_wrong_feature_size():
+    with pytest.raises(
+        ValueError, match=r"\(N, input_size\) = \(N, 3\), got \(4, 5\)"
+    ):
+        MLP(3, 8, 3, 2)(torch.randn(4, 5))
+
+
+def test_mlp_refuses_a_residual_that_is_not_a_bool():
+    with pytest.raises(
+        TypeError, match="residual must be True or False, got 'no'"
+    ):
+        MLP(3, 8, 3, 2, residual="no")
+
+
+@pytest.mark.parametrize(
+    "max_len, d_model, error, name",
+    [
+        (4.5, 8, TypeError, "max_len"),
+        (-1, 8, ValueError, "max_len"),
+        (4, 0, ValueError, "d_model"),
+    ],
+)
+def test_sinusoidal_positions_refuses_a_bad_size(
+    max_len, d_model, error, name
+):
+    with pytest.raises(error, match=name):
+        sinusoidal_positions(max_len, d_model)
+
+
+@pytest.mark.parametrize("dropout", ["0.1", None])
+def test_a_dropout_that_is_not_a_number_is_refused_and_named(dropout):
+    with pytest.raises(
+        TypeError, match=f"dropout must be a number, got {dropout!r}"
+    ):
+        TinyGPT(10, d_model=8, n_heads=2, dropout=dropout)
+
+
+def test_tensors_of_different_dtypes_over_one_memory_are_not_tied():
+    weight = torch.randn(3)
+    assert not is_tied(weight, weight.view(torch.int32))
+
+
+def test_a_meta_model_runs_forward_on_meta_ids():
+    with torch.device("meta"):
+        model = TinyGPT(10, d_model=8, n_layers=1, n_heads=2, max_len=4)
+    ids = torch.zeros(2, 4, dtype=torch.long, device="meta")
+    assert model(ids).shape == (2, 4, 10)

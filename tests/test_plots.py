@@ -191,3 +191,51 @@ def test_global_norm_lines_refuses_no_run():
 
     with pytest.raises(ValueError, match="histories is empty"):
         global_norm_lines({})
+
+
+@pytest.mark.parametrize(
+    "size, error, message",
+    [
+        ({"width": "5"}, TypeError, "width must be a number, got '5'"),
+        ({"height": True}, TypeError, "height must be a number"),
+        ({"width": float("inf")}, ValueError, "width must be finite"),
+        ({"height": 0.0}, ValueError, "height must be > 0, got 0.0"),
+    ],
+)
+def test_subplots_names_a_bad_figure_size(size, error, message):
+    with pytest.raises(error, match=message):
+        subplots(**size)
+
+
+def test_layer_histograms_leaves_out_non_finite_entries_and_says_so():
+    gradient = torch.tensor([1.0, 2.0, float("inf"), float("nan")])
+    fig = layer_histograms({"w": gradient}, bins=2)
+    ax = fig.get_axes()[0]
+    assert sum(patch.get_height() for patch in ax.patches) == 2
+    assert ax.get_title() == "w (2 inf/NaN left out)"
+    plt.close(fig)
+
+
+def test_layer_histograms_refuses_a_complex_tensor():
+    with pytest.raises(
+        TypeError, match=r"values\['w'\] must hold real numbers"
+    ):
+        layer_histograms({"w": torch.ones(3, dtype=torch.complex64)})
+
+
+def test_global_norm_lines_draws_every_run_past_the_palette():
+    from gradcourse.plots import global_norm_lines
+
+    history = {"steps": np.arange(3), "global_norm": np.ones(3)}
+    runs = {f"run {i}": history for i in range(len(PALETTE) + 2)}
+    fig = global_norm_lines(runs)
+    labels = [text.get_text() for text in fig.axes[0].get_legend().texts]
+    assert labels == list(runs)
+    plt.close(fig)
+
+
+def test_global_norm_lines_refuses_a_list_of_histories():
+    from gradcourse.plots import global_norm_lines
+
+    with pytest.raises(TypeError, match="histories must be a mapping"):
+        global_norm_lines([{"steps": [0], "global_norm": [1.0]}])

@@ -52,3 +52,24 @@ def test_saved_tensor_bytes_is_zero_without_autograd():
             )[1]
             == 0
         )
+
+
+@pytest.mark.parametrize("scale", [True, "2"])
+def test_fate_refuses_a_scale_that_is_not_a_number(scale):
+    with pytest.raises(TypeError, match=f"scale must be .*got {scale!r}"):
+        low_precision_fate([torch.ones(2)], scale=scale)
+
+
+@pytest.mark.parametrize(
+    "dtype", [torch.int8, torch.complex64, "float16", None]
+)
+def test_fate_refuses_a_dtype_that_is_not_floating_point(dtype):
+    with pytest.raises(
+        TypeError, match=f"dtype must be a floating-point .*got {dtype!r}"
+    ):
+        low_precision_fate([torch.ones(2)], dtype=dtype)
+
+
+def test_fate_names_the_dtype_of_a_complex_gradient():
+    with pytest.raises(TypeError, match="got dtype torch.complex64"):
+        low_precision_fate([torch.ones(2, dtype=torch.complex64)])

@@ -91,6 +91,10 @@ class MLP(nn.Module):
         check_choice("init", init, INITS)
         check_choice("normalization", normalization, NORMALIZATIONS)
         check_number("residual_scale", residual_scale)
+        if not isinstance(residual, bool):
+            raise TypeError(
+                f"residual must be True or False, got {residual!r}"
+            )
         sizes = [input_size] + [width] * (depth - 1) + [output_size]
         self.linears = nn.ModuleList(
             nn.Linear(a, b) for a, b in zip(sizes, sizes[1:])
@@ -112,6 +116,16 @@ class MLP(nn.Module):
     def forward(
         self, inputs: torch.Tensor, return_pre_activations: bool = False
     ):
+        if not isinstance(inputs, torch.Tensor):
+            raise TypeError(
+                f"inputs must be a tensor, got {type(inputs).__name__}"
+            )
+        input_size = self.linears[0].in_features
+        if inputs.dim() == 0 or inputs.shape[-1] != input_size:
+            raise ValueError(
+                "inputs must have shape (N, input_size) = (N, "
+                f"{input_size}), got {tuple(inputs.shape)}"
+            )
         hidden, pre_activations = inputs, []
         for index, layer in enumerate(self.linears):
             pre_activation = layer(hidden)

@@ -33,20 +33,44 @@ def scaled_orthogonal_(weight: torch.Tensor, scale: float) -> torch.Tensor:
     The orthogonal matrix is the Q of a QR factorisation of a Gaussian
     matrix drawn on the CPU from the global generator
     (``torch.manual_seed``) in the weight's dtype, so every device gets the
-    same matrix. Returns ``weight``.
+    same matrix; a float16 or bfloat16 weight, which ``torch.linalg.qr``
+    does not take, gets a float32 one rounded to its dtype. Returns
+    ``weight``.
+
+    Raises:
+        TypeError: ``weight`` is not a floating-point or complex tensor.
+        ValueError: ``weight`` is not square, or it is computed from
+            other tensors (the ``.weight`` of a parametrised module), so
+            that filling it would change nothing.
     """
-    if (
-        not isinstance(weight, torch.Tensor)
-        or weight.dim() != 2
-        or weight.shape[0] != weight.shape[1]
-    ):
+    if not isinstance(weight, torch.Tensor):
+        raise TypeError(
+            f"weight must be a tensor, got {type(weight).__name__}"
+        )
+    if weight.dim() != 2 or weight.shape[0] != weight.shape[1]:
         raise ValueError(
-            "weight must be a square matrix, got "
-            f"{getattr(weight, 'shape', weight)!r}"
+            f"weight must be a square matrix, got {weight.shape!r}"
+        )
+    if not (weight.is_floating_point() or weight.is_complex()):
+        raise TypeError(
+            "weight must be floating point or complex, got dtype "
+            f"{weight.dtype}"
+        )
+    if weight.grad_fn is not None and weight._base is None:
+        raise ValueError(
+            "weight is computed from other tensors (grad_fn "
+            f"{type(weight.grad_fn).__name__}), as a parametrised "
+            "module's .weight is: filling it in place would change "
+            "nothing; fill the parameter it is computed from"
         )
     check_number("scale", scale)
+    draw_dtype = (
+        torch.float32
+        if weight.dtype in (torch.float16, torch.bfloat16)
+        else weight.dtype
+    )
     orthogonal, _ = torch.linalg.qr(
-        torch.randn(weight.shape, dtype=weight.dtype)
+        torch.randn(weight.shape, dtype=draw_dtype)
     )
     with torch.no_grad():
         weight.copy_(scale * orthogonal.to(weight.device))
@@ -67,7 +91,8 @@ class RNN(nn.Module):
     ``forward(inputs)`` maps ``(B, T, input_size)`` to the readout of every
     step, ``(B, T, output_size)`` (the hidden states themselves when
     ``output_size`` is None); with ``return_states=True`` it also returns
-    the list of the ``T`` hidden states ``(B, hidden_size)``.
+    the list of the ``T`` hidden states ``(B, hidden_size)``; ``T`` must
+    be at least 1.
     """
 
     def __init__(
@@ -119,10 +144,23 @@ class RNN(nn.Module):
         )
 
     def forward(self, inputs: torch.Tensor, return_states: bool = False):
-        if inputs.dim() != 3:
+        if not isinstance(inputs, torch.Tensor):
+            raise TypeError(
+                f"inputs must be a tensor, got {type(inputs).__name__}"
+            )
+        input_size = (
+            self.input_weight.in_features
+            if self.cell_type == "vanilla"
+            else self.cell.input_size
+        )
+        if (
+            inputs.dim() != 3
+            or inputs.shape[1] == 0
+            or inputs.shape[2] != input_size
+        ):
             raise ValueError(
-                "inputs must have shape (batch, time, input_size), got "
-                f"{tuple(inputs.shape)}"
+                "inputs must have shape (batch, time, input_size) = "
+                f"(batch, >= 1, {input_size}), got {tuple(inputs.shape)}"
             )
         batch = inputs.shape[0]
         hidden = inputs.new_zeros(batch, self.hidden_size)

@@ -20,6 +20,7 @@ from gradcourse._validate import (
     check_choice,
     check_int,
     check_int_tensor,
+    check_number,
     check_positive_int,
 )
 
@@ -29,7 +30,10 @@ NORM_PLACEMENTS = ("pre", "post")
 
 def sinusoidal_positions(max_len: int, d_model: int) -> torch.Tensor:
     """The fixed position encodings of Vaswani et al. (2017): ``(max_len,
-    d_model)``, sin on even, cos on odd columns."""
+    d_model)``, sin on even, cos on odd columns; both sizes are positive
+    ints."""
+    check_positive_int("max_len", max_len)
+    check_positive_int("d_model", d_model)
     positions = torch.arange(max_len, dtype=torch.float32).unsqueeze(1)
     frequencies = torch.exp(
         torch.arange(0, d_model, 2, dtype=torch.float32)
@@ -163,7 +167,8 @@ class TinyGPT(nn.Module):
             )
         check_choice("positional", positional, POSITIONAL)
         check_choice("norm_placement", norm_placement, NORM_PLACEMENTS)
-        if not 0 <= dropout < 1:
+        check_number("dropout", dropout, minimum=0)
+        if not dropout < 1:
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
         if not isinstance(tie_weights, bool):
             raise TypeError(
@@ -263,8 +268,12 @@ class TinyGPT(nn.Module):
                 f"sequence length {length} exceeds max_len {self.max_len}"
             )
         # one host sync; skipped inside torch.func transforms (vmap reads
-        # no values), where the embedding kernel still refuses a bad id
-        if torch._C._functorch.peek_interpreter_stack() is None:
+        # no values), where the embedding kernel still refuses a bad id,
+        # and for meta ids, which have no values
+        if (
+            torch._C._functorch.peek_interpreter_stack() is None
+            and not token_ids.is_meta
+        ):
             self._check_id_range(token_ids)
         hidden = self.token_embedding(token_ids)
         if self.position_embedding is not None:
@@ -301,7 +310,8 @@ def is_tied(first: torch.Tensor, second: torch.Tensor) -> bool:
     starts equal and drifts apart at the first optimizer step, the classic
     silent bug of weight tying. Two tensors are tied when they share
     storage at the same offset with the same shape and strides (the same
-    ``nn.Parameter`` twice, or two views of one memory).
+    ``nn.Parameter`` twice, or two views of one memory) and the same
+    dtype.
 
     Raises:
         TypeError: an argument is not a tensor.
@@ -323,6 +333,7 @@ def is_tied(first: torch.Tensor, second: torch.Tensor) -> bool:
         return False
     return (
         first.device == second.device
+        and first.dtype == second.dtype
         and first.untyped_storage().data_ptr()
         == second.untyped_storage().data_ptr()
         and first.storage_offset() == second.storage_offset()
