@@ -1,62 +1,65 @@
 """Read a GradientMonitor's history back and say what is wrong.
 
-Taught in: Chapter 11 (a gradient debugging playbook). :func:`diagnose`
-returns a list of :class:`Finding`, one per problem, each naming its kind,
-the first step where it is seen, the layer (or None for the whole model)
-and one line a person can act on. It is also available as
-``gradcourse.monitor.diagnose``.
+Taught in: Chapter 11 (a gradient debugging playbook). :func:`diagnose` returns a list of
+:class:`Finding`, one per problem, each naming its kind, the first step where it is seen, the
+layer (or None for the whole model) and one line a person can act on. It reads only the
+monitor's :attr:`~gradcourse.monitor.GradientMonitor.history` (documented in
+:mod:`gradcourse.monitor.history`), so a history saved to disk can be diagnosed too.
 
-The kinds, and the thresholds behind them (module constants, so that a
-reader can see and change them):
+The kinds, and the thresholds behind them (module constants, so that a reader can see and
+change them; they were set on this book's runs, healthy and broken, and are not universal):
 
 ``non_finite``
-    the monitor met an ``inf`` or ``NaN`` gradient (raised or reported),
-    or a GradScaler skipped more than ``MAX_SKIPPED_SHARE`` of the steps
-    (a few skipped steps while the scale settles are normal).
+    the monitor met an ``inf`` or ``NaN`` gradient (raised or reported), or a GradScaler skipped
+    more than ``MAX_SKIPPED_SHARE`` of the steps (a few skipped steps while the scale settles are
+    normal).
 ``exploding``
-    the global norm reached ``EXPLODING_FACTOR`` times its baseline and
-    never fell back below ``SPIKE_RETURN`` times it: sustained growth. The
-    baseline of a step is the larger of two medians of the norms before
-    it: over the previous ``BASELINE`` recorded steps, and over the whole
-    run so far.
+    sustained growth of the global norm, seen either way: a jump to ``EXPLODING_FACTOR`` times
+    its baseline that never falls back below ``SPIKE_RETURN`` times it, or a running median
+    (over ``BASELINE`` steps) that has grown ``EXPLODING_FACTOR`` times above the lowest running
+    median of the run, however slowly it got there. The baseline of a step is the larger of two
+    medians of the norms before it: over the previous ``BASELINE`` recorded steps, and over the
+    whole run so far.
 ``spike``
-    the global norm jumped to ``SPIKE_FACTOR`` times its baseline and came
-    back below ``SPIKE_RETURN`` times it within ``SPIKE_WINDOW`` steps:
-    one bad batch, typically.
+    the global norm jumped to ``SPIKE_FACTOR`` times its baseline and came back below
+    ``SPIKE_RETURN`` times it within ``SPIKE_WINDOW`` steps: one bad batch, typically.
 ``vanishing``
-    a layer's median gradient norm is below ``VANISHING_RATIO`` times
-    the median norm of the layer with the largest gradients (but not
-    zero).
+    a layer's median gradient norm is below ``VANISHING_RATIO`` times the median norm of the
+    layer with the largest gradients. Medians are taken over the steps where the layer's
+    gradient is not exactly zero, so a sparsely used layer (a mixture-of-experts expert, the
+    rows of a rare token) is judged by the steps that reached it.
 ``zero_gradient``
-    a layer's gradient is exactly zero at every recorded step (cut off
-    from the loss, by ``.detach()`` say), or a parameter of the model has
-    ``requires_grad=False`` (frozen: it never learns).
+    a layer's gradient is exactly zero at every recorded step (cut off from the loss, by
+    ``.detach()`` say), or parameters of the model have ``requires_grad=False`` (frozen: they
+    never learn; one finding names them all).
 ``not_zeroed``
-    in more than ``NOT_ZEROED_SHARE`` of the recorded steps after the
-    first (at least ``NOT_ZEROED_MIN_STEPS`` of them), ``.grad`` still
-    held a gradient when the step's first backward began: gradients are
-    summed over steps, as when ``zero_grad()`` is forgotten. (The monitor
-    checks this on one small parameter, before the new gradient is
-    added; gradient accumulation *within* a step is not a finding. Not
-    available under FSDP2.)
+    in more than ``NOT_ZEROED_SHARE`` of the recorded steps after the first (at least
+    ``NOT_ZEROED_MIN_STEPS`` of them), ``.grad`` still held a gradient when the step's first
+    backward began: gradients are summed over steps, as when ``zero_grad()`` is forgotten. (The
+    monitor checks this on one small parameter, before the new gradient is added; gradient
+    accumulation *within* a step is not a finding. Not available under FSDP2.)
 ``update_ratio``
-    a layer's median update-to-weight ratio is above
-    ``UPDATE_RATIO_HIGH`` (the weights are rewritten at every step) or
-    below ``UPDATE_RATIO_LOW`` (the layer does not move: not in the
-    optimizer, or a learning rate of zero).
+    a layer's median update-to-weight ratio is above ``UPDATE_RATIO_HIGH`` (the weights are
+    rewritten at every step) or below ``UPDATE_RATIO_LOW`` (the layer does not move: not in the
+    optimizer, or a learning rate of zero). The first measured step is left out (Adam's first
+    update is ``lr * sign(g)`` in every coordinate, whatever the gradient), and at least
+    ``UPDATE_RATIO_MIN_STEPS`` other measurements are needed.
 
-The statistics that need a baseline start after ``MIN_STEPS`` recorded
-steps, so the first steps of a healthy run, whose norms move fast, are
-not findings.
+The statistics that need a baseline start after ``MIN_STEPS`` recorded steps, so the first steps
+of a healthy run, whose norms move fast, are not findings; the steps a GradScaler skipped are left
+out of the norm's trend (their overflowing gradients were never applied).
 """
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
+from gradcourse.monitor.nonfinite import describe
 
 KINDS = (
     "non_finite",
@@ -69,237 +72,315 @@ KINDS = (
 )
 MAX_SKIPPED_SHARE = 0.05
 BASELINE, MIN_STEPS = 20, 10
-# Healthy runs on this book's corpus have batches whose norm reaches ~50x
-# the baseline (measured over 10 seeds of TinyGPT, MLP and RNN runs): a
-# jump is a finding only well above that.
+# Healthy runs on this book's corpus have batches whose norm reaches ~50x the baseline (measured
+# over 10 seeds of TinyGPT, MLP and RNN runs): a jump is a finding only well above that.
 EXPLODING_FACTOR = 300.0
 SPIKE_FACTOR, SPIKE_RETURN, SPIKE_WINDOW = 300.0, 10.0, 5
 VANISHING_RATIO = 1e-5
 NOT_ZEROED_SHARE, NOT_ZEROED_MIN_STEPS = 0.5, 3
-UPDATE_RATIO_HIGH, UPDATE_RATIO_LOW = 0.1, 1e-7
+UPDATE_RATIO_HIGH, UPDATE_RATIO_LOW, UPDATE_RATIO_MIN_STEPS = 0.1, 1e-7, 2
+NAMES_SHOWN = 5  # parameters named in a finding's message; Finding.names has them all
+
+_REQUIRED = ("steps", "layer_names", "global_norm", "layer_norms")
 
 
 @dataclass(frozen=True)
 class Finding:
     """One problem :func:`diagnose` found.
 
-    ``kind`` is one of :data:`KINDS`; ``step`` the first recorded step
-    where it is seen; ``layer`` a layer name, or None for the whole model;
-    ``message`` one line saying what to check.
+    ``kind`` is one of :data:`KINDS`; ``step`` the first recorded step where it is seen;
+    ``layer`` a layer (or parameter) name, or None for the whole model or for several;
+    ``message`` one line saying what to check; ``names`` every parameter or layer the finding is
+    about when there are several (the frozen parameters of a fine-tune, say).
     """
 
     kind: str
     step: int
     layer: str | None
     message: str
+    names: tuple[str, ...] = ()
 
 
-def diagnose(monitor: Any) -> list[Finding]:
-    """The problems a :class:`~gradcourse.monitor.GradientMonitor` saw, in
-    the order of :data:`KINDS`, then of steps. An empty list for a healthy
-    run. See the module docstring for each kind's threshold.
+def diagnose(source: Any) -> list[Finding]:
+    """The problems a :class:`~gradcourse.monitor.GradientMonitor` saw, in the order of
+    :data:`KINDS`, then of steps. An empty list for a healthy run. ``source`` is the monitor or
+    its ``history``. See the module docstring for each kind's threshold.
 
     Raises:
-        TypeError: ``monitor`` is not a GradientMonitor (anything with
-            ``history``, ``nonfinite_events`` and ``step``).
+        TypeError: ``source`` is neither a GradientMonitor nor a history (a mapping with at least
+            ``steps``, ``layer_names``, ``global_norm`` and ``layer_norms``).
     """
-    if not all(
-        hasattr(monitor, name)
-        for name in ("history", "nonfinite_events", "step")
-    ):
-        raise TypeError(
-            "diagnose() reads a GradientMonitor, got "
-            f"{type(monitor).__name__}"
-        )
-    history = monitor.history
-    findings = _non_finite(monitor, history)
-    norms = np.asarray(history["global_norm"], dtype=float)
+    history = _history_of(source)
     steps = np.asarray(history["steps"])
-    findings += _growth(norms, steps)
-    findings += _layers(monitor, history)
+    norms = np.asarray(history["global_norm"], dtype=float)
+    findings = _non_finite(history)
+    # a skipped step's gradient was never applied (a GradScaler's overflow): not part of the trend
+    taken = ~np.isin(steps, list(history.get("skipped_steps", [])))
+    findings += _growth(norms[taken], steps[taken])
+    findings += _layers(history)
     findings += _not_zeroed(history)
     findings += _update_ratios(history)
     order = {kind: index for index, kind in enumerate(KINDS)}
     return sorted(findings, key=lambda f: (order[f.kind], f.step))
 
 
-def _non_finite(monitor: Any, history: Mapping) -> list[Finding]:
-    findings = [
-        Finding(
-            "non_finite",
-            event["step"],
-            event["parameter"],
-            f"inf/NaN gradient in {event['parameter']}"
-            + (
-                f" (first produced by {event['module']})"
-                if event["module"]
-                else ""
-            )
-            + ": look at the learning rate, the loss and the inputs of "
-            "this step",
+def _history_of(source: Any) -> Mapping:
+    history = source.history if hasattr(source, "history") else source
+    if not isinstance(history, Mapping) or not all(key in history for key in _REQUIRED):
+        raise TypeError(
+            "diagnose() reads a GradientMonitor or its history (a mapping with "
+            f"{', '.join(_REQUIRED)}), got {type(source).__name__}"
         )
-        for event in monitor.nonfinite_events[:1]
-    ]
-    skipped = list(history.get("skipped_steps", []))
-    seen = max(monitor.step, 1)
-    # steps skipped after a reported inf/NaN belong to that event
-    if not findings and len(skipped) > MAX_SKIPPED_SHARE * seen:
-        findings.append(
+    return history
+
+
+def _listed(names: list[str]) -> str:
+    shown = ", ".join(names[:NAMES_SHOWN])
+    more = len(names) - NAMES_SHOWN
+    return shown + (f" and {more} more" if more > 0 else "")
+
+
+def _non_finite(history: Mapping) -> list[Finding]:
+    events = list(history.get("nonfinite_events", []))
+    if events:
+        event = events[0]
+        return [
             Finding(
                 "non_finite",
-                skipped[0],
-                None,
-                f"{len(skipped)} of {seen} steps skipped for inf/NaN "
-                "gradients: the loss scale keeps overflowing; lower the "
-                "initial scale, or find the layer that overflows",
+                event["step"],
+                event["parameter"],
+                describe(event) + ": look at the learning rate, the loss and the inputs of "
+                "this step",
             )
+        ]
+    skipped = list(history.get("skipped_steps", []))
+    seen = max(int(history.get("steps_seen", len(history["steps"]))), 1)
+    if len(skipped) <= MAX_SKIPPED_SHARE * seen:
+        return []
+    return [
+        Finding(
+            "non_finite",
+            skipped[0],
+            None,
+            f"{len(skipped)} of {seen} steps skipped for inf/NaN gradients: the loss scale keeps "
+            "overflowing; lower the initial scale, or find the layer that overflows",
         )
-    return findings
+    ]
 
 
 def _growth(norms: np.ndarray, steps: np.ndarray) -> list[Finding]:
-    """``exploding`` and ``spike``: jumps against a running median."""
-    findings: list[Finding] = []
-    index = MIN_STEPS
-    while index < len(norms):
-        # the larger of the recent and the whole-run median: a run whose
-        # norms decay (a converging classifier) has small recent norms,
-        # and a batch that is large only against those is not a spike
-        baseline = max(
-            np.median(norms[max(0, index - BASELINE) : index]),
-            np.median(norms[:index]),
-        )
-        value = norms[index]
-        if not np.isfinite(baseline) or baseline <= 0:
-            index += 1
-            continue
-        if not np.isfinite(value) or value >= SPIKE_FACTOR * baseline:
-            after = norms[index : index + SPIKE_WINDOW + 1]
-            recovered = np.isfinite(after) & (
-                after < SPIKE_RETURN * baseline
-            )
-            if recovered.any():
-                findings.append(
-                    Finding(
-                        "spike",
-                        int(steps[index]),
-                        None,
-                        f"gradient norm {value:.3g} against a running "
-                        f"median of {baseline:.3g}, back within "
-                        f"{int(np.argmax(recovered))} steps: inspect this "
-                        "step's batch (per-example gradient norms)",
-                    )
-                )
-                index += int(np.argmax(recovered)) + 1
-                continue
-            tail = norms[index:]
-            if (
-                np.nanmax(np.where(np.isfinite(tail), tail, np.inf))
-                >= EXPLODING_FACTOR * baseline
-            ):
-                findings.append(
-                    Finding(
-                        "exploding",
-                        int(steps[index]),
-                        None,
-                        f"gradient norm grew from a median of "
-                        f"{baseline:.3g} past {EXPLODING_FACTOR:g}x and "
-                        "did not come back: lower the learning rate, add "
-                        "warm-up or clipping",
-                    )
-                )
-                return findings
-        index += 1
+    """``exploding`` and ``spike``: jumps against a running median, and slow sustained growth."""
+    values = np.where(np.isfinite(norms), norms, np.inf)  # inf and NaN count as huge
+    findings, exploded = _jumps(values, steps)
+    if not exploded:
+        findings += _sustained_growth(values, steps)
     return findings
 
 
-def _layers(monitor: Any, history: Mapping) -> list[Finding]:
-    """``zero_gradient`` and ``vanishing``, per layer."""
-    findings = [
-        Finding(
-            "zero_gradient",
-            0,
-            name,
-            f"{name} has requires_grad=False: it is frozen and never "
-            "learns; unfreeze it if that was not meant",
-        )
-        for name in getattr(monitor, "frozen_parameter_names", [])
-    ]
+def _trailing_medians(values: np.ndarray, window: int) -> np.ndarray:
+    """``medians[i] = median(values[max(0, i - window + 1) : i + 1])``."""
+    medians = np.empty(len(values))
+    for index in range(min(window - 1, len(values))):
+        medians[index] = np.median(values[: index + 1])
+    if len(values) >= window:
+        windows = np.lib.stride_tricks.sliding_window_view(values, window)
+        medians[window - 1 :] = np.median(windows, axis=1)
+    return medians
+
+
+def _prefix_medians(values: np.ndarray) -> np.ndarray:
+    """``medians[i] = median(values[:i])`` (NaN for ``i = 0``), in O(n log n): two heaps."""
+    lower: list[float] = []  # the smaller half, negated (a max-heap)
+    upper: list[float] = []  # the larger half
+    medians = np.full(len(values), np.nan)
+    for index, value in enumerate(values):
+        if index:
+            medians[index] = -lower[0] if len(lower) > len(upper) else (upper[0] - lower[0]) / 2
+        if not lower or value <= -lower[0]:
+            heapq.heappush(lower, -value)
+        else:
+            heapq.heappush(upper, value)
+        if len(lower) > len(upper) + 1:
+            heapq.heappush(upper, -heapq.heappop(lower))
+        elif len(upper) > len(lower):
+            heapq.heappush(lower, -heapq.heappop(upper))
+    return medians
+
+
+def _baselines(values: np.ndarray) -> np.ndarray:
+    """The baseline of every step: the larger of the median of the previous ``BASELINE`` norms
+    (a run whose norms decay, a converging classifier, has small recent norms, and a batch large
+    only against those is not a spike) and the median of all the previous ones."""
+    recent = np.full(len(values), np.nan)
+    recent[1:] = _trailing_medians(values, BASELINE)[:-1]
+    return np.fmax(recent, _prefix_medians(values))
+
+
+def _jumps(values: np.ndarray, steps: np.ndarray) -> tuple[list[Finding], bool]:
+    findings: list[Finding] = []
+    baselines = _baselines(values)
+    index = MIN_STEPS
+    while index < len(values):
+        baseline, value = baselines[index], values[index]
+        if not (np.isfinite(baseline) and baseline > 0 and value >= SPIKE_FACTOR * baseline):
+            index += 1
+            continue
+        after = values[index : index + SPIKE_WINDOW + 1]
+        recovered = after < SPIKE_RETURN * baseline
+        if recovered.any():
+            back = int(np.argmax(recovered))
+            findings.append(
+                Finding(
+                    "spike",
+                    int(steps[index]),
+                    None,
+                    f"gradient norm {value:.3g} against a running median of {baseline:.3g}, back "
+                    f"within {back} steps: inspect this step's batch (per-example gradient norms)",
+                )
+            )
+            index += back + 1
+            continue
+        if values[index:].max() >= EXPLODING_FACTOR * baseline:
+            findings.append(_exploding(int(steps[index]), baseline))
+            return findings, True
+        index += 1
+    return findings, False
+
+
+def _sustained_growth(values: np.ndarray, steps: np.ndarray) -> list[Finding]:
+    """Growth too slow for a jump: the running median climbs ``EXPLODING_FACTOR`` times above the
+    lowest running median seen at least half a window earlier."""
+    lag = BASELINE // 2
+    if len(values) < MIN_STEPS + lag:
+        return []
+    medians = _trailing_medians(values, BASELINE)
+    floors = np.minimum.accumulate(
+        medians[MIN_STEPS - 1 :]
+    )  # floors[j]: lowest up to MIN_STEPS-1+j
+    later = medians[MIN_STEPS - 1 + lag :]
+    floor_before = floors[: len(later)]
+    grown = np.isfinite(floor_before) & (floor_before > 0)
+    grown &= later >= EXPLODING_FACTOR * floor_before
+    if not grown.any():
+        return []
+    floor = floor_before[int(np.argmax(grown))]
+    start = MIN_STEPS - 1 + int(np.argmax(medians[MIN_STEPS - 1 :] == floor))
+    onset = start + int(np.argmax(values[start:] >= EXPLODING_FACTOR * floor))
+    return [_exploding(int(steps[onset]), floor)]
+
+
+def _exploding(step: int, baseline: float) -> Finding:
+    return Finding(
+        "exploding",
+        step,
+        None,
+        f"gradient norm grew from a median of {baseline:.3g} past {EXPLODING_FACTOR:g}x and did "
+        "not come back: lower the learning rate, add warm-up or clipping",
+    )
+
+
+def _layers(history: Mapping) -> list[Finding]:
+    """``zero_gradient`` (cut off, or frozen) and ``vanishing``, per layer."""
+    findings = _frozen(list(history.get("frozen_parameters", [])))
     layer_norms = np.asarray(history["layer_norms"], dtype=float)
     if not len(layer_norms):
         return findings
-    steps = history["steps"]
-    finite = np.isfinite(layer_norms).all(1)
-    if not finite.any():
-        return findings
-    medians = np.median(layer_norms[finite], axis=0)
-    largest = medians.max()
+    watched = np.asarray(history.get("layer_watched", ~np.isnan(layer_norms)), dtype=bool)
+    usable = watched & np.isfinite(layer_norms)
+    steps = np.asarray(history["steps"])
+    medians = np.full(layer_norms.shape[1], np.nan)
     for layer, name in enumerate(history["layer_names"]):
-        if (layer_norms[finite, layer] == 0).all():
+        seen = layer_norms[usable[:, layer], layer]
+        if not len(seen):
+            continue
+        if (seen == 0).all():
+            first = int(steps[np.argmax(usable[:, layer])])
             findings.append(
                 Finding(
                     "zero_gradient",
-                    int(steps[0]),
+                    first,
                     name,
-                    f"{name} got exactly zero gradient at every step: it "
-                    "is cut off from the loss (.detach(), no_grad, or "
-                    "unused)",
+                    f"{name} got exactly zero gradient at every step: it is cut off from the loss "
+                    "(.detach(), no_grad, or unused)",
                 )
             )
-        elif largest > 0 and medians[layer] < VANISHING_RATIO * largest:
+        else:
+            medians[layer] = np.median(seen[seen > 0])
+    largest = np.nanmax(medians) if np.isfinite(medians).any() else 0.0
+    for layer, name in enumerate(history["layer_names"]):
+        if largest > 0 and medians[layer] < VANISHING_RATIO * largest:
             findings.append(
                 Finding(
                     "vanishing",
                     int(steps[0]),
                     name,
-                    f"{name}'s gradient is {medians[layer] / largest:.1e} "
-                    "of the largest layer's: it barely learns; check "
-                    "saturation, initialisation, normalisation, skips",
+                    f"{name}'s gradient is {medians[layer] / largest:.1e} of the largest layer's: "
+                    "it barely learns; check saturation, initialisation, normalisation, skips",
                 )
             )
     return findings
 
 
+def _frozen(names: list[str]) -> list[Finding]:
+    if not names:
+        return []
+    count = f"{len(names)} parameters have" if len(names) > 1 else "1 parameter has"
+    return [
+        Finding(
+            "zero_gradient",
+            0,
+            names[0] if len(names) == 1 else None,
+            f"{count} requires_grad=False ({_listed(names)}): frozen, they never learn; a "
+            "fine-tune may mean it, unfreeze them if not",
+            tuple(names),
+        )
+    ]
+
+
 def _not_zeroed(history: Mapping) -> list[Finding]:
     stale = np.asarray(history.get("stale_gradient", []), dtype=bool)
-    steps = np.asarray(history["steps"])
-    if len(stale) < NOT_ZEROED_MIN_STEPS:
+    if len(stale) < NOT_ZEROED_MIN_STEPS or stale[1:].mean() <= NOT_ZEROED_SHARE:
         return []
-    if stale[1:].mean() <= NOT_ZEROED_SHARE:
-        return []
-    first = int(steps[np.argmax(stale)])
+    first = int(np.asarray(history["steps"])[np.argmax(stale)])
+    watched = history.get("zero_grad_sentinel")
+    where = f" (watched on {watched})" if watched else ""
     return [
         Finding(
             "not_zeroed",
             first,
             None,
-            f".grad still held the previous step's gradient in "
-            f"{int(stale.sum())} of {len(stale)} recorded steps: "
-            "gradients are summed over steps; call optimizer.zero_grad() "
-            "every step",
+            f".grad still held the previous step's gradient in {int(stale.sum())} of "
+            f"{len(stale)} recorded steps{where}: gradients are summed over steps; call "
+            "optimizer.zero_grad() every step",
         )
     ]
 
 
 def _update_ratios(history: Mapping) -> list[Finding]:
-    ratios = np.asarray(history["update_ratios"], dtype=float)
-    measured = ~np.isnan(ratios).all(1) if len(ratios) else []
-    if not np.any(measured):
+    if "update_ratios" not in history:
         return []
-    ratios = ratios[measured]
-    first_step = int(np.asarray(history["steps"])[measured][0])
+    ratios = np.asarray(history["update_ratios"], dtype=float)
+    steps = np.asarray(history["steps"])
+    measured = np.flatnonzero(~np.isnan(ratios).all(1)) if len(ratios) else np.array([], int)
+    measured = measured[1:]  # not the first step (Adam's first update is lr * sign(g))
+    if len(measured) < UPDATE_RATIO_MIN_STEPS:
+        return []
+    ratios, first_step = ratios[measured], int(steps[measured[0]])
     findings = []
     for layer, name in enumerate(history["layer_names"]):
-        median = np.nanmedian(ratios[:, layer])
+        column = ratios[:, layer]
+        if np.isnan(column).sum() > len(column) - UPDATE_RATIO_MIN_STEPS:
+            continue
+        median = np.nanmedian(column)
         if median > UPDATE_RATIO_HIGH:
             message = (
-                f"{name} changes by {median:.2g} of its size per step: "
-                "lower its learning rate (or check the loss reduction)"
+                f"{name} changes by {median:.2g} of its size per step: lower its learning rate "
+                "(or check the loss reduction)"
             )
         elif median < UPDATE_RATIO_LOW:
             message = (
-                f"{name} does not move (update ratio {median:.1e}): is it "
-                "in the optimizer, with a learning rate above zero?"
+                f"{name} does not move (update ratio {median:.1e}): is it in the optimizer, with "
+                "a learning rate above zero?"
             )
         else:
             continue

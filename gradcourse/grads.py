@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
+from torch.nn.utils import parametrize
 
 from gradcourse.models import MLP, RNN
 
@@ -27,18 +28,13 @@ def flat_grad(model: torch.nn.Module) -> torch.Tensor:
             silent zero there would hide that.
     """
     if not isinstance(model, torch.nn.Module):
-        raise TypeError(
-            f"model must be a torch.nn.Module, got {type(model).__name__}"
-        )
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     pieces = []
     for name, parameter in model.named_parameters():
         if not parameter.requires_grad:
             continue
         if parameter.grad is None:
-            raise ValueError(
-                f"parameter {name!r} has no gradient: no backward reached "
-                "it"
-            )
+            raise ValueError(f"parameter {name!r} has no gradient: no backward reached it")
         pieces.append(parameter.grad.reshape(-1))
     return torch.cat(pieces)
 
@@ -63,45 +59,37 @@ def mlp_gradient_norms(
         is a sum of one outer product ``delta_i a_i^T`` per example
         (``delta_i`` the row of ``dL/ds_l``, ``a_i`` the layer's input);
         the mean of their norms ``|delta_i| |a_i|``. Layer 0 is the input
-        layer. The model's ``.grad`` fields are left set.
+        layer. A parametrised weight (``MLP(normalization="weight")``) has no ``.grad`` of its
+        own: ``weights`` is then the norm of the gradient of the weight the layer computed with,
+        ``sum_i delta_i a_i^T``. The model's ``.grad`` fields are left set.
 
     Raises:
         TypeError: ``model`` is not a :class:`~gradcourse.models.MLP`.
     """
     if not isinstance(model, MLP):
-        raise TypeError(
-            "model must be a gradcourse.models.MLP, got "
-            f"{type(model).__name__}"
-        )
+        raise TypeError(f"model must be a gradcourse.models.MLP, got {type(model).__name__}")
     model.zero_grad(set_to_none=True)
     layer_inputs = []
     hooks = [
-        layer.register_forward_pre_hook(
-            lambda _, args: layer_inputs.append(args[0].detach())
-        )
+        layer.register_forward_pre_hook(lambda _, args: layer_inputs.append(args[0].detach()))
         for layer in model.linears
     ]
     try:
-        outputs, pre_activations = model(
-            inputs, return_pre_activations=True
-        )
+        outputs, pre_activations = model(inputs, return_pre_activations=True)
     finally:
         for hook in hooks:
             hook.remove()
     for pre_activation in pre_activations:
         pre_activation.retain_grad()
     loss_fn(outputs, targets).backward()
-    weights = [layer.weight for layer in model.linears]
     return {
         "weights": torch.stack(
             [
-                w.grad.norm() if w.grad is not None else w.new_zeros(())
-                for w in weights
+                _weight_gradient_norm(layer, s.grad, a)
+                for layer, s, a in zip(model.linears, pre_activations, layer_inputs)
             ]
         ),
-        "activations": torch.stack(
-            [s.grad.norm() for s in pre_activations]
-        ),
+        "activations": torch.stack([s.grad.norm() for s in pre_activations]),
         "per_example_weights": torch.stack(
             [
                 (s.grad.norm(dim=1) * a.norm(dim=1)).mean()
@@ -109,6 +97,17 @@ def mlp_gradient_norms(
             ]
         ),
     }
+
+
+def _weight_gradient_norm(
+    layer: torch.nn.Linear, delta: torch.Tensor, layer_input: torch.Tensor
+) -> torch.Tensor:
+    """``||dL/dW||`` of one linear layer, from autograd's ``.grad`` or, for a parametrised
+    weight, from the back-propagated ``delta (N, out)`` and the layer's input ``(N, in)``."""
+    if parametrize.is_parametrized(layer, "weight"):
+        return (delta.T @ layer_input).norm()
+    weight = layer.weight
+    return weight.grad.norm() if weight.grad is not None else weight.new_zeros(())
 
 
 def hidden_state_gradients(
@@ -133,20 +132,12 @@ def hidden_state_gradients(
         TypeError: ``rnn`` is not a :class:`~gradcourse.models.RNN`.
     """
     if not isinstance(rnn, RNN):
-        raise TypeError(
-            "rnn must be a gradcourse.models.RNN, got "
-            f"{type(rnn).__name__}"
-        )
+        raise TypeError(f"rnn must be a gradcourse.models.RNN, got {type(rnn).__name__}")
     outputs, states = rnn(inputs, return_states=True)
     for state in states:
         state.retain_grad()
     rnn.zero_grad(set_to_none=True)
     loss_fn(outputs).backward()
     return torch.stack(
-        [
-            state.grad.norm()
-            if state.grad is not None
-            else state.new_zeros(())
-            for state in states
-        ]
+        [state.grad.norm() if state.grad is not None else state.new_zeros(()) for state in states]
     )

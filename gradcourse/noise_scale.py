@@ -23,6 +23,7 @@ Two ways to measure it, which agree:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -54,9 +55,7 @@ def per_example_gradients(
             ``N`` is 0.
     """
     if not isinstance(model, nn.Module):
-        raise TypeError(
-            f"model must be an nn.Module, got {type(model).__name__}"
-        )
+        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
     if len(inputs) != len(targets) or len(inputs) == 0:
         raise ValueError(
             "inputs and targets must hold the same number N > 0 of "
@@ -67,25 +66,22 @@ def per_example_gradients(
         for name, parameter in model.named_parameters()
         if parameter.requires_grad
     }
+    if not parameters:
+        raise ValueError(
+            f"model {type(model).__name__} has no trainable parameter: no gradient to take"
+        )
     buffers = dict(model.named_buffers())
 
     def one_loss(params, example, target):
-        output = functional_call(
-            model, (params, buffers), (example.unsqueeze(0),)
-        )
+        output = functional_call(model, (params, buffers), (example.unsqueeze(0),))
         return loss_fn(output, target.unsqueeze(0))
 
     # attention's math kernel is made of batchable operations; the fused
     # CPU kernel has no vmap rule and would run one example at a time
     with sdpa_kernel(SDPBackend.MATH):
-        per_example = vmap(grad(one_loss), in_dims=(None, 0, 0))(
-            parameters, inputs, targets
-        )
+        per_example = vmap(grad(one_loss), in_dims=(None, 0, 0))(parameters, inputs, targets)
     return torch.cat(
-        [
-            per_example[name].reshape(len(inputs), -1)
-            for name in parameters
-        ],
+        [per_example[name].reshape(len(inputs), -1) for name in parameters],
         dim=1,
     )
 
@@ -124,21 +120,22 @@ def noise_scale_from_two_batches(
     ):
         check_number(name, value, minimum=0, strict=True)
     if not small_batch < big_batch:
-        raise ValueError(
-            f"small_batch must be < big_batch, got {small_batch} and "
-            f"{big_batch}"
-        )
-    gradient_squared = (
-        big_batch * big_squared_norm - small_batch * small_squared_norm
-    ) / (big_batch - small_batch)
-    trace = (small_squared_norm - big_squared_norm) / (
-        1 / small_batch - 1 / big_batch
+        raise ValueError(f"small_batch must be < big_batch, got {small_batch} and {big_batch}")
+    gradient_squared = (big_batch * big_squared_norm - small_batch * small_squared_norm) / (
+        big_batch - small_batch
     )
-    return {
-        "gradient_squared": gradient_squared,
-        "trace": trace,
-        "b_simple": trace / gradient_squared,
-    }
+    trace = (small_squared_norm - big_squared_norm) / (1 / small_batch - 1 / big_batch)
+    return _estimates(gradient_squared, trace)
+
+
+def _estimates(gradient_squared: float, trace: float) -> dict[str, float]:
+    """The three numbers, with ``B_simple = tr(Sigma) / |G|^2``: infinite when the gradient is
+    estimated exactly zero (a minimum, or noise alone), NaN when the noise is zero too."""
+    if gradient_squared != 0:
+        b_simple = trace / gradient_squared
+    else:
+        b_simple = math.copysign(math.inf, trace) if trace else math.nan
+    return {"gradient_squared": gradient_squared, "trace": trace, "b_simple": b_simple}
 
 
 def simple_noise_scale(per_example: torch.Tensor) -> dict[str, float]:
@@ -148,23 +145,29 @@ def simple_noise_scale(per_example: torch.Tensor) -> dict[str, float]:
     :func:`noise_scale_from_two_batches` with batches of 1 and ``N``.
 
     Raises:
-        ValueError: ``per_example`` is not ``(N, P)`` with ``N >= 2``.
+        TypeError: ``per_example`` is not a real floating-point tensor.
+        ValueError: ``per_example`` is not ``(N, P)`` with ``N >= 2`` and ``P >= 1``, or holds
+            an inf or NaN.
     """
-    if per_example.dim() != 2 or per_example.shape[0] < 2:
+    if not isinstance(per_example, torch.Tensor) or not per_example.is_floating_point():
+        raise TypeError(
+            "per_example must be a real floating-point tensor, got "
+            + (f"dtype {per_example.dtype}" if isinstance(per_example, torch.Tensor)
+               else type(per_example).__name__)
+        )  # fmt: skip
+    if per_example.dim() != 2 or per_example.shape[0] < 2 or per_example.shape[1] < 1:
         raise ValueError(
-            "per_example must be (N, P) with N >= 2, got shape "
+            "per_example must be (N, P) with N >= 2 and P >= 1, got shape "
             f"{tuple(per_example.shape)}"
         )
+    if not bool(torch.isfinite(per_example).all()):
+        raise ValueError("per_example holds an inf or NaN: no noise scale from that")
     examples = per_example.double()
     count = examples.shape[0]
     mean = examples.mean(0)
     trace = ((examples - mean) ** 2).sum().item() / (count - 1)
     gradient_squared = (mean @ mean).item() - trace / count
-    return {
-        "gradient_squared": gradient_squared,
-        "trace": trace,
-        "b_simple": trace / gradient_squared,
-    }
+    return _estimates(gradient_squared, trace)
 
 
 def data_parallel_noise_scale(
@@ -180,24 +183,21 @@ def data_parallel_noise_scale(
     ``local_batch_size``) and the all-reduced one (``world_size`` times
     larger). Call in every rank with the DDP-wrapped ``model``; leaves the
     averaged gradient in ``.grad``, as a DDP backward would. Costs one
-    extra all-reduce of a scalar.
+    extra all-reduce of a scalar. A parameter that gets no gradient on some rank (unused by its
+    batch) counts as zeros there, so every rank all-reduces the same tensors.
     """
     with model.no_sync():  # this rank's gradient, not yet averaged
         loss_fn(model, local_batch).backward()
-    grads = [p.grad for p in model.parameters() if p.grad is not None]
-    local_squared = (
-        torch.stack(torch._foreach_norm(grads, 2, dtype=torch.float64))
-        .pow(2)
-        .sum()
-    )
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    for parameter in trainable:
+        if parameter.grad is None:
+            parameter.grad = torch.zeros_like(parameter)
+    grads = [p.grad for p in trainable]
+    local_squared = torch.stack(torch._foreach_norm(grads, 2, dtype=torch.float64)).pow(2).sum()
     for gradient in grads:  # what DDP's backward would have done
         dist.all_reduce(gradient)
         gradient /= world_size
-    global_squared = (
-        torch.stack(torch._foreach_norm(grads, 2, dtype=torch.float64))
-        .pow(2)
-        .sum()
-    )
+    global_squared = torch.stack(torch._foreach_norm(grads, 2, dtype=torch.float64)).pow(2).sum()
     dist.all_reduce(local_squared)  # the mean over ranks
     return noise_scale_from_two_batches(
         local_squared.item() / world_size,

@@ -35,54 +35,40 @@ def train(
 ) -> list[float]:
     """Train for ``steps`` optimizer steps; return the loss of each step.
 
-    Taught in: Chapter 9. Each step takes the next batch from ``batches``
-    and back-propagates ``loss_fn(model, batch)`` (a scalar). Then, in
-    order: ``scaler.unscale_`` (if a GradScaler is given),
-    ``monitor.record()`` (the norms before clipping),
-    ``clip_grad_norm_(clip_norm)``, the optimizer step (through the scaler
-    if given) and ``monitor.record_update()``.
+    Taught in: Chapter 9. Each step takes the next batch from ``batches`` and back-propagates
+    ``loss_fn(model, batch)`` (a scalar). Then, in order: ``scaler.unscale_`` (if a GradScaler is
+    given), ``monitor.record()`` (the norms before clipping), ``clip_grad_norm_(clip_norm)``, the
+    optimizer step (through the scaler if given) and ``monitor.record_update()``, or
+    ``monitor.skip_step()`` for a step that was not taken.
 
     Two things stay outside, each with one home: gradient accumulation is
-    :func:`accumulate_gradients` (Chapter 10), and mixed precision is a
-    ``torch.autocast`` block inside ``loss_fn``.
+    :func:`accumulate_gradients` (Chapter 10), and mixed precision is a ``torch.autocast`` block
+    inside ``loss_fn``.
 
-    Without a scaler, a step whose loss is not finite stops training with
-    a ``FloatingPointError`` before the optimizer step (the weights stay
-    as they were); that check reads the loss on the host once per step.
-    With a scaler, an overflow is routine: the scaler skips the step, and
-    the monitor lists it in ``skipped_steps`` instead of raising.
+    Without a scaler, a step whose loss is not finite stops training with a
+    ``FloatingPointError`` before the optimizer step (its message says whether the weights were
+    still finite then); that check reads the loss on the host once per step. A gradient that the
+    monitor reports non-finite (``on_nonfinite="report"``) is not applied: the step is skipped.
+    With a scaler, an overflow is routine: the scaler skips the step, and the monitor lists it in
+    ``skipped_steps`` (found from the loss scale, which the scaler lowers at every skip, so on
+    the steps that ``every`` leaves out too).
 
     Raises:
-        ValueError: a bad ``steps`` or ``clip_norm``, a monitor built for
-            another model or one that hooks the optimizer itself, or fewer
-            batches than ``steps``.
+        ValueError: a bad ``steps`` or ``clip_norm``, a closed monitor, a monitor built for
+            another model or one attached to an optimizer, or fewer batches than ``steps``.
         FloatingPointError: a non-finite loss without a scaler.
     """
     check_positive_int("steps", steps)
     if clip_norm is not None and not clip_norm > 0:
-        raise ValueError(
-            f"clip_norm must be > 0 or None, got {clip_norm!r}"
-        )
-    if monitor is not None and monitor.model is not model:
-        raise ValueError(
-            "monitor watches another model: build it with "
-            "GradientMonitor(model) for the model given to train()"
-        )
-    if monitor is not None and monitor.optimizer is not None:
-        raise ValueError(
-            "give train() a GradientMonitor built without an optimizer: "
-            "train() calls record() before clipping and record_update() "
-            "after the step itself"
-        )
+        raise ValueError(f"clip_norm must be > 0 or None, got {clip_norm!r}")
+    _check_monitor(monitor, model)
     batch_iterator = iter(batches)
     losses = []
     bar = progress(range(steps), desc=description)
     for step in bar:
         batch = next(batch_iterator, _RAN_OUT)
         if batch is _RAN_OUT:
-            raise ValueError(
-                f"batches ran out at step {step}: need {steps}"
-            )
+            raise ValueError(f"batches ran out at step {step}: need {steps}")
         optimizer.zero_grad(set_to_none=True)
         loss = loss_fn(model, batch)
         (scaler.scale(loss) if scaler is not None else loss).backward()
@@ -90,29 +76,69 @@ def train(
         if scaler is not None:
             scaler.unscale_(optimizer)
         elif not math.isfinite(loss.item()):
-            raise FloatingPointError(
-                f"the loss is not finite at step {step} ({loss.item()}); "
-                "stopped before the optimizer step, so the weights are "
-                "those of the step before"
-            )
-        overflow_expected = scaler is not None
-        finite = True
-        if monitor is not None:
-            finite = monitor.record(overflow_expected=overflow_expected)
+            raise FloatingPointError(_nonfinite_loss_message(model, step, loss.item()))
+        finite = monitor.record(overflow_expected=scaler is not None) if monitor else True
         if clip_norm is not None:
             nn.utils.clip_grad_norm_(model.parameters(), clip_norm)
-        if scaler is not None:
-            # skips the step if a gradient is not finite
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            optimizer.step()
+        stepped = _optimizer_step(optimizer, scaler, finite, watched=monitor is not None)
         if monitor is not None:
-            monitor.record_update() if finite else monitor.skip_step()
+            monitor.record_update() if stepped else monitor.skip_step()
         losses.append(loss)
         if step % 10 == 0 or step == steps - 1:
             bar.set_postfix(loss=f"{loss.item():.4f}")
     return torch.stack(losses).tolist()
+
+
+def _check_monitor(monitor: GradientMonitor | None, model: nn.Module) -> None:
+    if monitor is None:
+        return
+    if monitor.closed:
+        raise ValueError("monitor was closed: give train() an open GradientMonitor")
+    if monitor.model is not model:
+        raise ValueError(
+            "monitor watches another model: build it with GradientMonitor(model) for the model "
+            "given to train()"
+        )
+    if monitor.attached_to_optimizer:
+        raise ValueError(
+            "give train() a GradientMonitor that is not attached to the optimizer: train() calls "
+            "record() before clipping and record_update() after the step itself"
+        )
+
+
+def _optimizer_step(
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler | None,
+    finite: bool,
+    *,
+    watched: bool,
+) -> bool:
+    """Take the step (through the scaler if given); return whether it was taken."""
+    if scaler is None:
+        if finite:
+            optimizer.step()
+        return finite
+    # the scaler skips the step if a gradient is not finite, and then lowers the scale
+    scale_before = scaler.get_scale() if watched else None
+    scaler.step(optimizer)
+    scaler.update()
+    return finite and (not watched or scaler.get_scale() >= scale_before)
+
+
+def _nonfinite_loss_message(model: nn.Module, step: int, loss: float) -> str:
+    broken = next(
+        (name for name, p in model.named_parameters() if not torch.isfinite(p).all()), None
+    )
+    weights = (
+        "the weights are those of the step before, all finite"
+        if broken is None
+        else f"but the weights were already non-finite (first: {broken!r}): an earlier step "
+        "made them so; resume from a checkpoint taken before it"
+    )
+    return (
+        f"the loss is not finite at step {step} ({loss}); stopped before the optimizer step: "
+        + weights
+    )
 
 
 def accumulate_gradients(
@@ -140,10 +166,7 @@ def accumulate_gradients(
             micro-batch with no example.
     """
     if normalize not in ("examples", "micro_batches"):
-        raise ValueError(
-            "normalize must be 'examples' or 'micro_batches', got "
-            f"{normalize!r}"
-        )
+        raise ValueError(f"normalize must be 'examples' or 'micro_batches', got {normalize!r}")
     micro_batches = list(micro_batches)
     if not micro_batches:
         raise ValueError("micro_batches is empty: nothing to accumulate")
@@ -153,14 +176,11 @@ def accumulate_gradients(
         losses = per_example_loss(model, batch)
         if losses.numel() == 0:
             raise ValueError(
-                f"micro-batch {index} has no example (per_example_loss "
-                "returned an empty tensor)"
+                f"micro-batch {index} has no example (per_example_loss returned an empty tensor)"
             )
         total += losses.numel()
         (
-            losses.sum()
-            if normalize == "examples"
-            else losses.mean() / len(micro_batches)
+            losses.sum() if normalize == "examples" else losses.mean() / len(micro_batches)
         ).backward()
     if normalize == "examples":
         for parameter in model.parameters():

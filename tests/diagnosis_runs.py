@@ -50,6 +50,7 @@ def mlp_run(
     depth: int = 4,
     activation: str = "relu",
     init: str = "kaiming",
+    detail_every: int = 10,
     **options,
 ) -> GradientMonitor:
     """An MLP classifier on Gaussian clusters. ``options``: ``zero_grad``
@@ -66,17 +67,10 @@ def mlp_run(
     trained = [
         p
         for name, p in named.items()
-        if p.requires_grad
-        and not name.startswith(options.get("outside", "\0"))
+        if p.requires_grad and not name.startswith(options.get("outside", "\0"))
     ]
-    optimizer = (
-        torch.optim.Adam(trained, lr=lr)
-        if adam
-        else torch.optim.SGD(trained, lr=lr)
-    )
-    monitor = GradientMonitor(
-        model, detail_every=10, on_nonfinite="report"
-    )
+    optimizer = torch.optim.Adam(trained, lr=lr) if adam else torch.optim.SGD(trained, lr=lr)
+    monitor = GradientMonitor(model, detail_every=detail_every, on_nonfinite="report")
     for step in range(steps):
         inputs, labels = next(batches)
         if "lr_after" in options and step == options["lr_after"][0]:

@@ -31,15 +31,11 @@ def dies(rank: int, world_size: int, how: str) -> None:
 
 def starts_a_process(rank: int, world_size: int) -> int:
     """Starts a long sleep and returns its pid without waiting for it."""
-    return subprocess.Popen(
-        [sys.executable, "-c", "import time; time.sleep(120)"]
-    ).pid
+    return subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"]).pid
 
 
 def uses_a_dataloader(rank: int, world_size: int) -> float:
-    loader = torch.utils.data.DataLoader(
-        torch.arange(8.0), batch_size=4, num_workers=1
-    )
+    loader = torch.utils.data.DataLoader(torch.arange(8.0), batch_size=4, num_workers=1)
     return float(sum(batch.sum() for batch in loader))
 
 
@@ -91,16 +87,41 @@ def ddp_noise_scale(rank: int, world_size: int) -> tuple[dict, dict]:
         rows = slice(8 * part, 8 * (part + 1))
         reference.zero_grad()
         loss_fn(reference, (inputs[rows], labels[rows])).backward()
-        squares.append(
-            sum(p.grad.pow(2).sum().item() for p in reference.parameters())
-        )
+        squares.append(sum(p.grad.pow(2).sum().item() for p in reference.parameters()))
     reference.zero_grad()
     loss_fn(reference, (inputs, labels)).backward()
     big = sum(p.grad.pow(2).sum().item() for p in reference.parameters())
-    expected = noise_scale_from_two_batches(
-        sum(squares) / world_size, 8, big, 8 * world_size
-    )
+    expected = noise_scale_from_two_batches(sum(squares) / world_size, 8, big, 8 * world_size)
     return measured, expected
+
+
+def noise_scale_with_an_unused_parameter(rank: int, world_size: int) -> dict:
+    """Rank 1's batch never reaches the second head (its gradient there is None): the
+    collective must still line up."""
+    import torch.nn.functional as F
+
+    from gradcourse.noise_scale import data_parallel_noise_scale
+
+    class TwoHeads(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.heads = torch.nn.ModuleList(torch.nn.Linear(4, 2) for _ in range(2))
+
+        def forward(self, inputs: torch.Tensor, head: int) -> torch.Tensor:
+            return self.heads[head](inputs)
+
+    torch.manual_seed(0)
+    ddp = torch.nn.parallel.DistributedDataParallel(TwoHeads(), find_unused_parameters=True)
+    generator = torch.Generator().manual_seed(rank)
+    batch = (
+        torch.randn(8, 4, generator=generator),
+        torch.randint(0, 2, (8,), generator=generator),
+    )
+
+    def loss_fn(model, batch):
+        return F.cross_entropy(model(batch[0], head=rank), batch[1])
+
+    return data_parallel_noise_scale(rank, world_size, ddp, loss_fn, batch, 8)
 
 
 def trainer_under_ddp(rank: int, world_size: int) -> dict:
@@ -110,9 +131,7 @@ def trainer_under_ddp(rank: int, world_size: int) -> dict:
 
     import hf_setup
 
-    os.environ.update(
-        RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world_size)
-    )
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world_size))
     trainer, callback = hf_setup.trainer_with_callback(
         tempfile.mkdtemp(), accumulation=2, ddp_backend="gloo"
     )

@@ -15,17 +15,20 @@ VOCAB, LENGTH = 50, 8
 
 
 class NanAfter(torch.nn.Module):
-    """Wraps a model; the loss of its ``nan_call``-th forward is NaN."""
+    """Wraps a model; the loss of its ``nan_call``-th forward is NaN, and its ``raise_call``-th
+    forward raises."""
 
-    def __init__(self, model: torch.nn.Module, nan_call: int) -> None:
+    def __init__(self, model: torch.nn.Module, nan_call: int | None, raise_call: int | None):
         super().__init__()
-        self.model, self.nan_call, self.calls = model, nan_call, 0
+        self.model, self.nan_call, self.raise_call, self.calls = model, nan_call, raise_call, 0
 
     def forward(self, input_ids=None, labels=None):
         output = self.model(input_ids=input_ids, labels=labels)
         self.calls += 1
         if self.calls == self.nan_call:
             output.loss = output.loss * float("nan")
+        if self.calls == self.raise_call:
+            raise RuntimeError("raised on purpose")
         return output
 
 
@@ -36,6 +39,8 @@ def trainer_with_callback(
     max_grad_norm: float = 0.01,
     steps: int = 4,
     nan_call: int | None = None,
+    raise_call: int | None = None,
+    model: torch.nn.Module | None = None,
     report_to: str = "none",
     callback_options: dict | None = None,
     add_first: bool = False,
@@ -45,17 +50,16 @@ def trainer_with_callback(
     generator = torch.Generator().manual_seed(0)
     windows = torch.randint(0, VOCAB, (64, LENGTH), generator=generator)
     dataset = [{"input_ids": w, "labels": w} for w in windows]
-    model = GPT2LMHeadModel(
-        GPT2Config(
-            vocab_size=VOCAB, n_positions=LENGTH, n_embd=16, n_layer=2,
-            n_head=2, bos_token_id=0, eos_token_id=0,
-        )
-    )  # fmt: skip
-    if nan_call is not None:
-        model = NanAfter(model, nan_call)
-    callback = GradientMonitorCallback(
-        histograms=False, **(callback_options or {})
-    )
+    if model is None:
+        model = GPT2LMHeadModel(
+            GPT2Config(
+                vocab_size=VOCAB, n_positions=LENGTH, n_embd=16, n_layer=2,
+                n_head=2, bos_token_id=0, eos_token_id=0,
+            )
+        )  # fmt: skip
+    if nan_call is not None or raise_call is not None:
+        model = NanAfter(model, nan_call, raise_call)
+    callback = GradientMonitorCallback(histograms=False, **(callback_options or {}))
     args = TrainingArguments(
         output_dir=output_dir,
         per_device_train_batch_size=2,
@@ -65,7 +69,7 @@ def trainer_with_callback(
         learning_rate=1e-3,
         max_grad_norm=max_grad_norm,
         report_to=report_to,
-        save_strategy="no",
+        save_strategy=arguments.pop("save_strategy", "no"),
         disable_tqdm=True,
         seed=0,
         use_cpu=True,

@@ -1,8 +1,11 @@
 import diagnosis_runs as runs
+import numpy as np
 import pytest
+import torch
+import torch.nn as nn
 
-from gradcourse.diagnosis import KINDS, Finding
-from gradcourse.monitor import diagnose
+from gradcourse.diagnosis import KINDS, Finding, _prefix_medians, diagnose
+from gradcourse.monitor import GradientMonitor
 
 
 def kinds(monitor) -> set[str]:
@@ -48,12 +51,8 @@ def test_the_same_regression_without_the_corrupted_batch_is_clean():
 
 
 def test_a_deep_sigmoid_network_is_vanishing_in_its_first_layers():
-    monitor = runs.mlp_run(
-        0, depth=30, activation="sigmoid", init="standard"
-    )
-    vanishing = [
-        f.layer for f in diagnose(monitor) if f.kind == "vanishing"
-    ]
+    monitor = runs.mlp_run(0, depth=30, activation="sigmoid", init="standard")
+    vanishing = [f.layer for f in diagnose(monitor) if f.kind == "vanishing"]
     assert "linears.0" in vanishing and "linears.29" not in vanishing
 
 
@@ -65,9 +64,7 @@ def test_a_detached_layer_has_zero_gradient():
 
 def test_a_frozen_parameter_is_named():
     findings = diagnose(runs.mlp_run(0, freeze="linears.2.weight"))
-    assert ("zero_gradient", "linears.2.weight") in {
-        (f.kind, f.layer) for f in findings
-    }
+    assert ("zero_gradient", "linears.2.weight") in {(f.kind, f.layer) for f in findings}
 
 
 def test_a_forgotten_zero_grad_is_not_zeroed():
@@ -81,11 +78,8 @@ def test_a_layer_left_out_of_the_optimizer_has_a_low_update_ratio():
 
 
 def test_a_learning_rate_far_too_high_has_a_high_update_ratio():
-    findings = diagnose(runs.mlp_run(0, lr=3.0, steps=3))
-    assert any(
-        f.kind == "update_ratio" and "per step" in f.message
-        for f in findings
-    )
+    findings = diagnose(runs.mlp_run(0, lr=3.0, steps=4, detail_every=1))
+    assert any(f.kind == "update_ratio" and "per step" in f.message for f in findings)
 
 
 def test_findings_use_the_documented_vocabulary():
@@ -95,7 +89,128 @@ def test_findings_use_the_documented_vocabulary():
 
 
 def test_diagnose_refuses_something_that_is_not_a_monitor():
-    with pytest.raises(
-        TypeError, match="reads a GradientMonitor, got dict"
-    ):
+    with pytest.raises(TypeError, match="reads a GradientMonitor or its history.*got dict"):
         diagnose({"global_norm": []})
+    with pytest.raises(TypeError, match="got int"):
+        diagnose(3)
+
+
+def history_of(norms, layers: int = 1, **keys) -> dict:
+    """A minimal history: one global norm per step, shared equally by ``layers`` layers."""
+    norms = np.asarray(norms, dtype=float)
+    steps = np.arange(len(norms))
+    return {
+        "steps": steps,
+        "layer_names": [f"layer{i}" for i in range(layers)],
+        "global_norm": norms,
+        "layer_norms": np.repeat(norms[:, None], layers, axis=1) / np.sqrt(layers),
+        **keys,
+    }
+
+
+def test_diagnose_reads_a_history_as_well_as_a_monitor():
+    monitor = runs.mlp_run(0, detach_after=1)
+    assert diagnose(monitor.history) == diagnose(monitor)
+
+
+def test_a_slow_divergence_is_exploding():
+    # 1.5x per step from 81: never a jump of 300x against the running median
+    norms = np.concatenate([np.full(30, 81.0), 81.0 * 1.5 ** np.arange(1, 150)])
+    findings = diagnose(history_of(norms))
+    assert [f.kind for f in findings] == ["exploding"]
+    assert 30 <= findings[0].step <= 50
+
+
+@pytest.mark.parametrize("growth", [1.02, 1.1, 1.3])
+def test_divergence_at_any_rate_is_exploding(growth):
+    norms = np.concatenate([np.ones(20), growth ** np.arange(1, 2000)])
+    norms = norms[: int(np.argmax(norms > 1e6)) + 1]
+    assert [f.kind for f in diagnose(history_of(norms))] == ["exploding"]
+
+
+def test_a_run_whose_norm_drifts_tenfold_is_not_exploding():
+    rng = np.random.default_rng(0)
+    norms = np.geomspace(1.0, 10.0, 400) * rng.lognormal(0, 0.5, 400)
+    assert diagnose(history_of(norms)) == []
+
+
+def test_the_running_median_of_everything_before_is_exact():
+    values = np.random.default_rng(0).normal(size=101)
+    expected = [np.median(values[:i]) for i in range(1, 101)]
+    np.testing.assert_allclose(_prefix_medians(values)[1:101], expected, rtol=0, atol=0)
+
+
+def test_a_zero_initialised_layer_is_not_told_to_lower_its_learning_rate():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(10, 32), nn.ReLU(), nn.Linear(32, 4))
+    nn.init.zeros_(model[2].weight)
+    nn.init.zeros_(model[2].bias)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    monitor = GradientMonitor(model, detail_every=5)
+    batches = runs.classification_batches(0)
+    for _ in range(60):
+        inputs, labels = next(batches)
+        optimizer.zero_grad()
+        nn.functional.cross_entropy(model(inputs), labels).backward()
+        monitor.record()
+        optimizer.step()
+        monitor.record_update()
+    assert np.isnan(monitor.history["update_ratios"][0, 1])  # zero weights: no ratio
+    assert diagnose(monitor) == []
+
+
+def test_adams_first_step_alone_decides_no_update_ratio():
+    # one detailed step (step 0) in a short run: Adam moves every weight by lr, a ratio of
+    # lr / rms(w), which says nothing about the learning rate later
+    monitor = runs.mlp_run(0, lr=0.5, adam=True, steps=8)
+    assert "update_ratio" not in {f.kind for f in diagnose(monitor)}
+
+
+def test_a_sparsely_routed_expert_is_not_vanishing():
+    torch.manual_seed(0)
+    experts = nn.ModuleList(nn.Linear(10, 4) for _ in range(4))
+    model = nn.ModuleDict({"experts": experts})
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+    monitor = GradientMonitor(model, detail_every=10)
+    batches = runs.classification_batches(0)
+    for step in range(60):
+        inputs, labels = next(batches)
+        expert = 3 if step % 20 == 0 else step % 3  # expert 3 is routed to once in 20 steps
+        optimizer.zero_grad()
+        nn.functional.cross_entropy(experts[expert](inputs), labels).backward()
+        monitor.record()
+        optimizer.step()
+        monitor.record_update()
+    assert not [f for f in diagnose(monitor) if f.kind in ("vanishing", "zero_gradient")]
+
+
+def test_the_frozen_parameters_of_a_linear_probe_are_one_finding():
+    from gradcourse.models import TinyGPT
+
+    torch.manual_seed(0)
+    model = TinyGPT(50, d_model=16, n_layers=3, n_heads=2, max_len=8, tie_weights=False)
+    model.requires_grad_(False)
+    model.lm_head.requires_grad_(True)  # a linear probe: only the head learns
+    monitor = GradientMonitor(model)
+    frozen = [
+        f for f in diagnose(monitor) if f.kind == "zero_gradient" and "requires_grad" in f.message
+    ]
+    assert len(frozen) == 1 and len(frozen[0].names) == len(monitor.frozen_parameter_names) > 30
+    assert "and" in frozen[0].message and "more" in frozen[0].message
+
+
+def test_a_parameter_the_optimizer_does_not_hold_is_not_a_forgotten_zero_grad():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(10, 16), nn.ReLU(), nn.Linear(16, 4))
+    model[2].bias.requires_grad_(True)  # the smallest: left out of the optimizer below
+    trained = [p for name, p in model.named_parameters() if name != "2.bias"]
+    optimizer = torch.optim.SGD(trained, lr=0.05)
+    batches = runs.classification_batches(0)
+    with GradientMonitor(model, optimizer, detail_every=10) as monitor:
+        for _ in range(30):
+            inputs, labels = next(batches)
+            optimizer.zero_grad()  # clears only what the optimizer holds
+            nn.functional.cross_entropy(model(inputs), labels).backward()
+            optimizer.step()
+    assert monitor.history["zero_grad_sentinel"] != "2.bias"
+    assert "not_zeroed" not in {f.kind for f in diagnose(monitor)}

@@ -42,9 +42,7 @@ def test_train_lowers_the_loss_and_returns_one_loss_per_step():
 
 def test_clipping_bounds_the_step():
     model = fresh_model()
-    before = torch.cat(
-        [p.detach().reshape(-1) for p in model.parameters()]
-    )
+    before = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
     train(
         model,
         regression(),
@@ -96,15 +94,70 @@ def test_bfloat16_autocast_in_the_loss_and_a_grad_scaler_run_on_cpu():
 def test_train_refuses_a_monitor_that_hooks_the_optimizer():
     model = fresh_model()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-    with pytest.raises(ValueError, match="without an optimizer"):
+    with pytest.raises(ValueError, match="not attached to the optimizer"):
         train(
             model,
             regression(),
             mse,
             optimizer,
             steps=1,
-            monitor=GradientMonitor(model, optimizer),
+            monitor=GradientMonitor(model, optimizer).attach(),
         )
+
+
+def test_train_takes_a_monitor_that_knows_the_optimizer_without_hooking_it():
+    model = fresh_model()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    monitor = GradientMonitor(model, optimizer)
+    train(model, regression(), mse, optimizer, steps=2, monitor=monitor)
+    assert monitor.history["steps"].tolist() == [0, 1]
+
+
+def test_train_refuses_a_closed_monitor_and_says_so():
+    model = fresh_model()
+    monitor = GradientMonitor(model)
+    monitor.close()
+    with pytest.raises(ValueError, match="monitor was closed"):
+        train(
+            model,
+            regression(),
+            mse,
+            torch.optim.SGD(model.parameters(), lr=0.1),
+            steps=1,
+            monitor=monitor,
+        )
+
+
+def test_a_reported_non_finite_gradient_is_skipped_not_applied():
+    model = fresh_model()
+    monitor = GradientMonitor(model, on_nonfinite="report")
+    data = regression(batches=3)
+
+    def loss_with_an_inf_gradient(net, batch):
+        loss = mse(net, batch)
+        if batch is data[1]:  # adds 0 to the loss, NaN to the gradient (sqrt'(0) = inf)
+            return loss + (net.bias - net.bias.detach()).abs().sqrt().sum()
+        return loss
+
+    train(
+        model,
+        data,
+        loss_with_an_inf_gradient,
+        torch.optim.SGD(model.parameters(), lr=0.05),
+        steps=3,
+        monitor=monitor,
+    )
+    assert monitor.skipped_steps == [1] and monitor.nonfinite_events[0]["step"] == 1
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_a_nan_loss_after_an_applied_inf_step_says_the_weights_are_not_finite():
+    model = fresh_model()
+    data = regression(batches=3)
+    with torch.no_grad():
+        model.bias.fill_(float("inf"))  # what an earlier applied inf step leaves
+    with pytest.raises(FloatingPointError, match="weights were already non-finite.*'bias'"):
+        train(model, data, mse, torch.optim.SGD(model.parameters(), lr=0.05), steps=3)
 
 
 def test_train_says_when_the_batches_run_out():
@@ -121,9 +174,7 @@ def test_train_says_when_the_batches_run_out():
 
 def test_train_refuses_a_negative_clip_norm():
     model = fresh_model()
-    with pytest.raises(
-        ValueError, match="clip_norm must be > 0 or None, got -1"
-    ):
+    with pytest.raises(ValueError, match="clip_norm must be > 0 or None, got -1"):
         train(
             model,
             regression(),
@@ -165,14 +216,10 @@ def test_loss_over_k_wrong_for_unequal_micro_batches_right_for_equal():
     expected = fresh_model()
     per_example_mse(expected, whole).mean().backward()
     model = fresh_model()
-    accumulate_gradients(
-        model, pieces, per_example_mse, normalize="micro_batches"
-    )
+    accumulate_gradients(model, pieces, per_example_mse, normalize="micro_batches")
     assert not torch.allclose(flat_grad(model), flat_grad(expected))
     equal = [(whole[0][:5], whole[1][:5]), (whole[0][5:], whole[1][5:])]
-    accumulate_gradients(
-        model, equal, per_example_mse, normalize="micro_batches"
-    )
+    accumulate_gradients(model, equal, per_example_mse, normalize="micro_batches")
     torch.testing.assert_close(flat_grad(model), flat_grad(expected))
 
 
@@ -181,8 +228,7 @@ def test_accumulate_gradients_refuses_an_unknown_normalisation():
 
     with pytest.raises(
         ValueError,
-        match="normalize must be 'examples' or 'micro_batches', got "
-        "'tokens'",
+        match="normalize must be 'examples' or 'micro_batches', got 'tokens'",
     ):
         accumulate_gradients(
             fresh_model(),
@@ -211,18 +257,14 @@ def test_a_scaler_overflow_is_a_skipped_step_for_the_monitor():
         monitor=monitor,
     )
     assert monitor.skipped_steps == [1] and monitor.nonfinite_events == []
-    assert len(losses) == 4 and all(
-        torch.isfinite(p).all() for p in model.parameters()
-    )
+    assert len(losses) == 4 and all(torch.isfinite(p).all() for p in model.parameters())
 
 
 def test_a_nan_loss_without_a_scaler_stops_training_before_the_step():
     model = fresh_model()
     data = regression(batches=3)
     data[1] = (data[1][0], data[1][1] * float("nan"))
-    with pytest.raises(
-        FloatingPointError, match="loss is not finite at step 1"
-    ):
+    with pytest.raises(FloatingPointError, match="loss is not finite at step 1"):
         train(
             model,
             data,
@@ -258,9 +300,7 @@ def test_accumulate_gradients_refuses_a_micro_batch_without_examples():
         )
 
 
-@pytest.mark.parametrize(
-    "nothing", [[], iter([]), (batch for batch in [])]
-)
+@pytest.mark.parametrize("nothing", [[], iter([]), (batch for batch in [])])
 def test_accumulate_gradients_refuses_no_micro_batches(nothing):
     from gradcourse.train import accumulate_gradients
 
