@@ -46,10 +46,7 @@ def default_backend(world_size: int) -> str:
     """``"nccl"`` when CUDA has a GPU for every rank, else ``"gloo"`` (CPU
     tensors)."""
     return (
-        "nccl"
-        if torch.cuda.is_available()
-        and torch.cuda.device_count() >= world_size
-        else "gloo"
+        "nccl" if torch.cuda.is_available() and torch.cuda.device_count() >= world_size else "gloo"
     )
 
 
@@ -101,8 +98,7 @@ def _entry(
             report = (
                 rank,
                 "error",
-                f"rank {rank} returned a {type(value).__name__} that "
-                f"cannot be pickled: {error!r}",
+                f"rank {rank} returned a {type(value).__name__} that cannot be pickled: {error!r}",
             )
     # report everything, including KeyboardInterrupt, to the parent
     except BaseException:
@@ -130,12 +126,13 @@ def _death(rank: int, exitcode: int) -> str:
 
 
 def _first_death(processes: list, reported: set[int]) -> str | None:
-    """The death of a rank that ended without reporting (the lowest such
-    rank), or None."""
+    """The death of a rank that ended without reporting (the lowest such rank), or None. A rank
+    that exited with code 0 counts too (``os._exit(0)``): the caller drains the queue first,
+    since a rank that reported and then exited is not dead."""
     dead = [
         rank
         for rank, process in enumerate(processes)
-        if rank not in reported and process.exitcode not in (None, 0)
+        if rank not in reported and process.exitcode is not None
     ]
     return _death(dead[0], processes[dead[0]].exitcode) if dead else None
 
@@ -165,9 +162,7 @@ def _failure_report(
     deadline = time.monotonic() + 0.5
     while time.monotonic() < deadline:
         try:
-            other, status, value = results.get(
-                timeout=max(deadline - time.monotonic(), 0.01)
-            )
+            other, status, value = results.get(timeout=max(deadline - time.monotonic(), 0.01))
         except queue_module.Empty:
             break
         if status == "error":
@@ -182,19 +177,45 @@ def _failure_report(
             r,
         ),
     )
-    first = (
-        f"rank {ranked[0]} of {world_size} failed:\n{errors[ranked[0]]}"
-    )
+    first = f"rank {ranked[0]} of {world_size} failed:\n{errors[ranked[0]]}"
     others = "".join(
-        f"\nthen rank {r} failed too: {errors[r].strip().splitlines()[-1]}"
-        for r in ranked[1:]
+        f"\nthen rank {r} failed too: {errors[r].strip().splitlines()[-1]}" for r in ranked[1:]
     )
     return (f"{death}; then " if death else "") + first + others
 
 
+def _descendants(pid: int) -> list[int]:
+    """Every process descended from ``pid`` (children first), read from ``/proc``; empty where
+    there is no ``/proc``. Nested launches and processes that made groups of their own are
+    found too, as long as their parents live."""
+    if not os.path.isdir("/proc"):
+        return []
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as stat:
+                parent = int(stat.read().rpartition(")")[2].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue  # the process ended meanwhile
+        children.setdefault(parent, []).append(int(entry))
+    found, frontier = [], [pid]
+    while frontier:
+        frontier = [child for parent in frontier for child in children.get(parent, [])]
+        found += frontier
+    return found
+
+
 def _end_process_group(process: Any) -> None:
-    """Kill a worker and every process in its group (what it started, a
-    DataLoader's workers say)."""
+    """Kill a worker, every process descended from it (a nested launch's ranks and what they
+    started) and every process in its group (what it started, a DataLoader's workers say)."""
+    if process.pid is not None:
+        for pid in _descendants(process.pid):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass  # gone already
     if hasattr(os, "killpg") and process.pid is not None:
         try:
             os.killpg(process.pid, signal.SIGKILL)
@@ -225,18 +246,16 @@ def launch(
             function defined in a notebook).
         ValueError: a bad ``world_size``, ``backend`` or ``timeout``.
         WorkerError: a worker raised, returned something that cannot be
-            pickled, or died without reporting (a crash, ``os._exit``: the
-            first such rank is named with its exit code or signal); the
-            others are stopped first.
+            pickled, or ended without reporting (a crash, ``os._exit``,
+            even with code 0: the first such rank is named with its exit
+            code or signal); the others are stopped first.
         TimeoutError: the workers did not all finish within ``timeout``
             seconds (all are stopped).
     """
     check_positive_int("world_size", world_size)
     backend = backend or default_backend(world_size)
     if backend not in ("gloo", "nccl"):
-        raise ValueError(
-            f"backend must be 'gloo' or 'nccl', got {backend!r}"
-        )
+        raise ValueError(f"backend must be 'gloo' or 'nccl', got {backend!r}")
     check_number("timeout", timeout, minimum=0, strict=True)
     try:
         pickle.dumps(worker)
@@ -278,18 +297,18 @@ def launch(
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise TimeoutError(
-                    f"workers did not finish within {timeout} s (done: "
-                    f"ranks {sorted(outputs)})"
+                    f"workers did not finish within {timeout} s (done: ranks {sorted(outputs)})"
                 )
             try:
-                rank, status, value = results.get(
-                    timeout=min(remaining, 0.2)
-                )
+                rank, status, value = results.get(timeout=min(remaining, 0.2))
             except queue_module.Empty:
                 death = _first_death(processes, set(outputs))
-                if death:
+                if death is None:
+                    continue
+                try:  # a rank that reported just before it exited: its report is on its way
+                    rank, status, value = results.get(timeout=0.5)
+                except queue_module.Empty:
                     raise WorkerError(death) from None
-                continue
             if status == "error":
                 raise WorkerError(
                     _failure_report(
@@ -316,9 +335,7 @@ def launch(
 # -----------------------------
 
 
-def failing_worker(
-    rank: int, world_size: int, failing_rank: int = 1
-) -> None:
+def failing_worker(rank: int, world_size: int, failing_rank: int = 1) -> None:
     """Rank ``failing_rank`` raises; the others wait in a barrier that can
     never complete."""
     if rank == failing_rank:
@@ -326,9 +343,7 @@ def failing_worker(
     dist.barrier()
 
 
-def data_parallel_checks(
-    rank: int, world_size: int, seed: int = 0
-) -> dict[str, Any]:
+def data_parallel_checks(rank: int, world_size: int, seed: int = 0) -> dict[str, Any]:
     """The data-parallel facts of Chapter 10, measured on every rank (each
     rank returns its own numbers).
 
@@ -357,26 +372,20 @@ def data_parallel_checks(
     device = worker_device(rank)
     generator = torch.Generator().manual_seed(seed)
     per_rank = 8
-    inputs = torch.randn(
-        per_rank * world_size, 6, generator=generator, dtype=torch.float64
-    ).to(device)
-    labels = torch.randint(
-        0, 3, (per_rank * world_size,), generator=generator
-    ).to(device)
+    inputs = torch.randn(per_rank * world_size, 6, generator=generator, dtype=torch.float64).to(
+        device
+    )
+    labels = torch.randint(0, 3, (per_rank * world_size,), generator=generator).to(device)
     mine = slice(rank * per_rank, (rank + 1) * per_rank)
 
     def fresh() -> nn.Module:
         torch.manual_seed(seed)
-        return MLP(3, 16, 6, 3, activation="tanh").to(
-            device, torch.float64
-        )
+        return MLP(3, 16, 6, 3, activation="tanh").to(device, torch.float64)
 
     reference = fresh()
     F.cross_entropy(reference(inputs), labels).backward()
     reference_sum = fresh()
-    F.cross_entropy(
-        reference_sum(inputs), labels, reduction="sum"
-    ).backward()
+    F.cross_entropy(reference_sum(inputs), labels, reduction="sum").backward()
     results: dict[str, Any] = {}
 
     ddp = DistributedDataParallel(fresh())
@@ -386,9 +395,7 @@ def data_parallel_checks(
     )
 
     ddp_sum = DistributedDataParallel(fresh())
-    F.cross_entropy(
-        ddp_sum(inputs[mine]), labels[mine], reduction="sum"
-    ).backward()
+    F.cross_entropy(ddp_sum(inputs[mine]), labels[mine], reduction="sum").backward()
     results["sum_loss_ratio"] = (
         flat_grad(ddp_sum.module).norm() / flat_grad(reference_sum).norm()
     ).item()
@@ -413,21 +420,12 @@ def data_parallel_checks(
         slice(mine.start + per_rank // 2, mine.stop),
     )
     with accumulating.no_sync():  # first micro-batch: accumulate locally
-        (
-            F.cross_entropy(
-                accumulating(inputs[halves[0]]), labels[halves[0]]
-            )
-            / 2
-        ).backward()
+        (F.cross_entropy(accumulating(inputs[halves[0]]), labels[halves[0]]) / 2).backward()
     (
-        F.cross_entropy(accumulating(inputs[halves[1]]), labels[halves[1]])
-        / 2
+        F.cross_entropy(accumulating(inputs[halves[1]]), labels[halves[1]]) / 2
     ).backward()  # all-reduce here
     results["no_sync_vs_large_batch"] = (
-        (flat_grad(accumulating.module) - flat_grad(reference))
-        .abs()
-        .max()
-        .item()
+        (flat_grad(accumulating.module) - flat_grad(reference)).abs().max().item()
     )
     results["allreduce_calls"] = len(calls)
     calls.clear()
@@ -441,9 +439,7 @@ def data_parallel_checks(
     vocab, dim = 20, 4
     torch.manual_seed(seed)
     table = nn.Embedding(vocab, dim, sparse=True).to(device, torch.float64)
-    ids = torch.randint(0, vocab, (world_size, 5), generator=generator).to(
-        device
-    )
+    ids = torch.randint(0, vocab, (world_size, 5), generator=generator).to(device)
     table(ids[rank]).sum().backward()
     sparse = table.weight.grad.coalesce()
     results["sparse_rows_before"] = sparse._nnz()
@@ -452,9 +448,7 @@ def data_parallel_checks(
     dense_table = nn.Embedding(vocab, dim).to(device, torch.float64)
     dense_table.weight.data.copy_(table.weight.data)
     dense_table(ids.reshape(-1)).sum().backward()
-    results["sparse_vs_dense"] = (
-        (sparse.to_dense() - dense_table.weight.grad).abs().max().item()
-    )
+    results["sparse_vs_dense"] = (sparse.to_dense() - dense_table.weight.grad).abs().max().item()
     results["sparse_rows_after"] = sparse._nnz()
     results["distinct_ids"] = int(ids.unique().numel())
     return results

@@ -29,6 +29,30 @@ def dies(rank: int, world_size: int, how: str) -> None:
     dist.barrier()
 
 
+def exits_quietly(rank: int, world_size: int) -> None:
+    """Rank 1 exits with code 0 without returning; rank 0 waits in a collective."""
+    if rank == 1:
+        os._exit(0)
+    dist.barrier()
+
+
+def launches_sleepers(rank: int, world_size: int) -> None:
+    """A nested launch whose ranks sleep far past the outer launch's timeout; each writes its
+    pid to the folder named by the environment variable SLEEPER_PIDS first."""
+    from gradcourse.distributed import launch
+
+    launch(sleeps, 2, backend="gloo", timeout=600)
+
+
+def sleeps(rank: int, world_size: int) -> None:
+    import time
+
+    folder = os.environ["SLEEPER_PIDS"]
+    with open(os.path.join(folder, f"{os.getpid()}"), "w"):
+        pass
+    time.sleep(600)
+
+
 def starts_a_process(rank: int, world_size: int) -> int:
     """Starts a long sleep and returns its pid without waiting for it."""
     return subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"]).pid

@@ -164,6 +164,7 @@ def test_monitor_bench_cli_refuses_a_zero_size():
         main(["monitor", "--batch", "0"])
 
 
+@pytest.mark.distributed
 def test_distributed_monitor_bench_prints_a_table_per_wrapper(capsys):
     small = "--vocab 50 --d-model 16 --layers 1 --heads 2 --length 8"
     argv = ["monitor", *small.split(), "--batch", "2", "--rounds", "2"]

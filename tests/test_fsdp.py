@@ -8,6 +8,8 @@ from gradcourse.distributed import launch
 from gradcourse.fsdp import monitor_checks, nonfinite_checks
 from gradcourse.sharding import local, sharding_group
 
+pytestmark = pytest.mark.distributed
+
 
 @pytest.fixture(scope="module", params=["fsdp", "ddp"])
 def checked(request):

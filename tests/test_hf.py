@@ -143,6 +143,7 @@ def test_a_callback_registered_twice_records_every_step_once(tmp_path):
     assert callback.monitor.history["global_norm"].tolist() == pytest.approx(logged, rel=1e-5)
 
 
+@pytest.mark.distributed
 def test_norms_are_equal_on_every_rank_under_ddp():
     ranks = launch(distributed_workers.trainer_under_ddp, 2, timeout=300)
     assert all(rank["distributed"] == "distributed" for rank in ranks)
