@@ -45,22 +45,15 @@ def check_number(
         raise TypeError(f"{name} must be a number, got {value!r}")
     if not math.isfinite(value):
         raise ValueError(f"{name} must be finite, got {value!r}")
-    if minimum is not None and (
-        value <= minimum if strict else value < minimum
-    ):
-        raise ValueError(
-            f"{name} must be {'>' if strict else '>='} {minimum:g}, got "
-            f"{value!r}"
-        )
+    if minimum is not None and (value <= minimum if strict else value < minimum):
+        raise ValueError(f"{name} must be {'>' if strict else '>='} {minimum:g}, got {value!r}")
 
 
 def check_choice(name: str, value: object, choices: Collection) -> None:
     """Raise ``ValueError`` unless ``value`` is one of ``choices`` (named
     in the message)."""
     if value not in tuple(choices):
-        raise ValueError(
-            f"{name} must be one of {tuple(choices)}, got {value!r}"
-        )
+        raise ValueError(f"{name} must be one of {tuple(choices)}, got {value!r}")
 
 
 def check_int_tensor(
@@ -71,12 +64,8 @@ def check_int_tensor(
     """Raise ``TypeError`` unless ``value`` is a tensor of one of the
     integer ``dtypes``."""
     if not isinstance(value, torch.Tensor):
-        raise TypeError(
-            f"{name} must be a tensor (of integers), got "
-            f"{type(value).__name__}"
-        )
+        raise TypeError(f"{name} must be a tensor (of integers), got {type(value).__name__}")
     if value.dtype not in dtypes:
         raise TypeError(
-            f"{name} must hold integers ({', '.join(map(str, dtypes))}), "
-            f"got dtype {value.dtype}"
+            f"{name} must hold integers ({', '.join(map(str, dtypes))}), got dtype {value.dtype}"
         )

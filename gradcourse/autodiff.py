@@ -27,8 +27,7 @@ def _check_number(value: object, what: str) -> float:
     (``bool`` is refused)."""
     if isinstance(value, bool) or not isinstance(value, Number):
         raise TypeError(
-            f"{what} must be an int or a float, got {value!r} of type "
-            f"{type(value).__name__}"
+            f"{what} must be an int or a float, got {value!r} of type {type(value).__name__}"
         )
     return float(value)
 
@@ -40,9 +39,7 @@ def _power(base: float, exponent: float) -> float:
         return base**exponent
     except OverflowError:
         if base < 0 and not exponent.is_integer():
-            raise ValueError(
-                f"{base} ** {exponent} is not a real number"
-            ) from None
+            raise ValueError(f"{base} ** {exponent} is not a real number") from None
         odd = base < 0 and exponent % 2 == 1
         return -math.inf if odd else math.inf
 
@@ -62,9 +59,7 @@ class Value:
 
     __slots__ = ("data", "grad", "parents", "op", "_backward")
 
-    def __init__(
-        self, data: float, parents: tuple[Value, ...] = (), op: str = ""
-    ) -> None:
+    def __init__(self, data: float, parents: tuple[Value, ...] = (), op: str = "") -> None:
         self.data = _check_number(data, "Value data")
         self.grad = 0.0
         self.parents = parents
@@ -76,11 +71,7 @@ class Value:
 
     @staticmethod
     def _lift(other: Value | float) -> Value:
-        return (
-            other
-            if isinstance(other, Value)
-            else Value(_check_number(other, "operand"))
-        )
+        return other if isinstance(other, Value) else Value(_check_number(other, "operand"))
 
     # --- operations: each sets out._backward to the local chain rule
     # ------
@@ -115,16 +106,12 @@ class Value:
             raise ValueError(f"0 ** {exponent} has no finite derivative")
         result = _power(self.data, exponent)
         if isinstance(result, complex):
-            raise ValueError(
-                f"{self.data} ** {exponent} is not a real number"
-            )
+            raise ValueError(f"{self.data} ** {exponent} is not a real number")
         out = Value(result, (self,), f"**{exponent:g}")
 
         def _backward() -> None:
             if exponent != 0:  # x ** 0 is constant, even at x = 0
-                self.grad += (
-                    exponent * _power(self.data, exponent - 1) * out.grad
-                )
+                self.grad += exponent * _power(self.data, exponent - 1) * out.grad
 
         out._backward = _backward
         return out
@@ -144,9 +131,7 @@ class Value:
 
     def log(self) -> Value:
         if self.data <= 0:
-            raise ValueError(
-                f"log needs a positive argument, got {self.data}"
-            )
+            raise ValueError(f"log needs a positive argument, got {self.data}")
         out = Value(math.log(self.data), (self,), "log")
 
         def _backward() -> None:
@@ -168,9 +153,7 @@ class Value:
         out = Value(max(self.data, 0.0), (self,), "relu")
 
         def _backward() -> None:
-            self.grad += (
-                1.0 if self.data > 0 else 0.0
-            ) * out.grad  # PyTorch's choice at 0: 0
+            self.grad += (1.0 if self.data > 0 else 0.0) * out.grad  # PyTorch's choice at 0: 0
 
         out._backward = _backward
         return out
@@ -201,9 +184,7 @@ class Value:
     def __truediv__(self, other: Value | float) -> Value:
         other = self._lift(other)
         if other.data == 0:
-            raise ZeroDivisionError(
-                f"division of {self.data} by a Value equal to 0"
-            )
+            raise ZeroDivisionError(f"division of {self.data} by a Value equal to 0")
         return self * other**-1.0
 
     def __radd__(self, other: float) -> Value:

@@ -37,10 +37,7 @@ def glue(name: str, value: T, *, display: bool = False) -> T:
         TypeError / ValueError: ``name`` is not a non-empty string.
     """
     if not isinstance(name, str):
-        raise TypeError(
-            f"name must be a str, got {name!r} of type "
-            f"{type(name).__name__}"
-        )
+        raise TypeError(f"name must be a str, got {name!r} of type {type(name).__name__}")
     if not name.strip():
         raise ValueError(f"name must be a non-empty string, got {name!r}")
     one_number = (

@@ -137,7 +137,8 @@ def assert_exact(name: str, ours: torch.Tensor, reference: torch.Tensor) -> None
     ours, reference = ours.detach().to(reference.device), reference.detach()
     if ours.shape != reference.shape:
         raise AssertionError(
-            f"{name}: shapes differ: ours {tuple(ours.shape)} vs reference {tuple(reference.shape)}"
+            f"{name}: shapes differ: ours {tuple(ours.shape)} vs reference "
+            f"{tuple(reference.shape)}"
         )
     if not torch.equal(ours, reference):
         differing = int((ours != reference).sum())

@@ -102,9 +102,7 @@ def stdlib_corpus(max_chars: int | None = None) -> str:
 @functools.cache
 def _corpus_text() -> str:
     folder, name = CORPUS_FILE
-    compressed = (
-        importlib.resources.files("gradcourse") / folder / name
-    ).read_bytes()
+    compressed = (importlib.resources.files("gradcourse") / folder / name).read_bytes()
     return gzip.decompress(compressed).decode("utf-8")
 
 
@@ -122,9 +120,7 @@ class CharTokenizer:
     def __init__(self, text: str) -> None:
         _check_text(text)
         if not text:
-            raise ValueError(
-                "CharTokenizer needs a non-empty training text"
-            )
+            raise ValueError("CharTokenizer needs a non-empty training text")
         self.vocab: list[str] = sorted(set(text))
         self._index = {char: i for i, char in enumerate(self.vocab)}
 
@@ -135,23 +131,15 @@ class CharTokenizer:
         """``(len(text),)`` int64 ids; raises ``ValueError`` naming a
         character not in the vocabulary."""
         _check_text(text)
-        unknown = next(
-            (char for char in text if char not in self._index), None
-        )
+        unknown = next((char for char in text if char not in self._index), None)
         if unknown is not None:
-            raise ValueError(
-                f"character {unknown!r} is not in the vocabulary"
-            )
-        return torch.tensor(
-            [self._index[char] for char in text], dtype=torch.long
-        )
+            raise ValueError(f"character {unknown!r} is not in the vocabulary")
+        return torch.tensor([self._index[char] for char in text], dtype=torch.long)
 
     def decode(self, token_ids: torch.Tensor) -> str:
         """The text of ``token_ids`` (any shape, flattened); raises
         ``ValueError`` naming an unknown id."""
-        return "".join(
-            self.vocab[i] for i in _checked_ids(token_ids, len(self.vocab))
-        )
+        return "".join(self.vocab[i] for i in _checked_ids(token_ids, len(self.vocab)))
 
 
 class WordTokenizer:
@@ -171,10 +159,7 @@ class WordTokenizer:
             check_positive_int("max_vocab", max_vocab)
         counts = collections.Counter(words(text))
         if not counts:
-            raise ValueError(
-                "WordTokenizer needs a training text with at least one "
-                "word"
-            )
+            raise ValueError("WordTokenizer needs a training text with at least one word")
         ranked = sorted(counts, key=lambda word: (-counts[word], word))
         keep = ranked if max_vocab is None else ranked[: max_vocab - 1]
         self.vocab: list[str] = [self.UNKNOWN, *keep]
@@ -195,9 +180,7 @@ class WordTokenizer:
     def decode(self, token_ids: torch.Tensor) -> str:
         """The words of ``token_ids`` (any shape, flattened); raises
         ``ValueError`` naming an unknown id."""
-        return " ".join(
-            self.vocab[i] for i in _checked_ids(token_ids, len(self.vocab))
-        )
+        return " ".join(self.vocab[i] for i in _checked_ids(token_ids, len(self.vocab)))
 
 
 def _check_text(text: object) -> None:
@@ -214,15 +197,11 @@ def _checked_ids(token_ids: torch.Tensor, vocab_size: int) -> list[int]:
     ids = token_ids.reshape(-1).tolist()
     bad = next((i for i in ids if not 0 <= i < vocab_size), None)
     if bad is not None:
-        raise ValueError(
-            f"token id {bad} is outside the vocabulary [0, {vocab_size})"
-        )
+        raise ValueError(f"token id {bad} is outside the vocabulary [0, {vocab_size})")
     return ids
 
 
-def _merge_pair(
-    symbols: tuple[str, ...], pair: tuple[str, str]
-) -> tuple[str, ...]:
+def _merge_pair(symbols: tuple[str, ...], pair: tuple[str, str]) -> tuple[str, ...]:
     merged: list[str] = []
     i = 0
     while i < len(symbols):
@@ -256,40 +235,22 @@ def train_bpe(text: str, num_merges: int) -> list[tuple[str, str]]:
         that order.
     """
     check_positive_int("num_merges", num_merges)
-    vocabulary = collections.Counter(
-        tuple(word) + (END_OF_WORD,) for word in words(text)
-    )
+    vocabulary = collections.Counter(tuple(word) + (END_OF_WORD,) for word in words(text))
     pairs: collections.Counter[tuple[str, str]] = collections.Counter()
     for symbols, count in vocabulary.items():
-        pairs.update(
-            {pair: count * n for pair, n in _pair_counts(symbols).items()}
-        )
+        pairs.update({pair: count * n for pair, n in _pair_counts(symbols).items()})
     merges: list[tuple[str, str]] = []
     for _ in range(num_merges):
         if not pairs:
             break
         best = min(pairs, key=lambda pair: (-pairs[pair], pair))
         merges.append(best)
-        for symbols in [
-            symbols
-            for symbols in vocabulary
-            if best in zip(symbols, symbols[1:])
-        ]:
+        for symbols in [symbols for symbols in vocabulary if best in zip(symbols, symbols[1:])]:
             count = vocabulary.pop(symbols)
             merged = _merge_pair(symbols, best)
             vocabulary[merged] += count
-            pairs.subtract(
-                {
-                    pair: count * n
-                    for pair, n in _pair_counts(symbols).items()
-                }
-            )
-            pairs.update(
-                {
-                    pair: count * n
-                    for pair, n in _pair_counts(merged).items()
-                }
-            )
+            pairs.subtract({pair: count * n for pair, n in _pair_counts(symbols).items()})
+            pairs.update({pair: count * n for pair, n in _pair_counts(merged).items()})
         pairs = +pairs  # drop the pairs whose count fell to zero
     return merges
 
@@ -302,18 +263,11 @@ def encode(text: str, merges: list[tuple[str, str]]) -> list[str]:
     with the markers replaced by spaces gives the words back.
     """
     if not isinstance(merges, list) or not all(
-        isinstance(m, tuple)
-        and len(m) == 2
-        and all(isinstance(symbol, str) for symbol in m)
+        isinstance(m, tuple) and len(m) == 2 and all(isinstance(symbol, str) for symbol in m)
         for m in merges
     ):
-        raise TypeError(
-            "merges must be a list of (str, str) pairs, as train_bpe "
-            "returns"
-        )
-    cache: dict[
-        str, tuple[str, ...]
-    ] = {}  # a word is split the same way every time it occurs
+        raise TypeError("merges must be a list of (str, str) pairs, as train_bpe returns")
+    cache: dict[str, tuple[str, ...]] = {}  # a word is split the same way every time it occurs
     pieces: list[str] = []
     for word in words(text):
         if word not in cache:
@@ -351,13 +305,11 @@ def random_windows(
     check_int_tensor("token_ids", token_ids)
     if token_ids.dim() != 1:
         raise TypeError(
-            "token_ids must be a 1-D integer tensor, got shape "
-            f"{tuple(token_ids.shape)}"
+            f"token_ids must be a 1-D integer tensor, got shape {tuple(token_ids.shape)}"
         )
     if token_ids.numel() < length + 2:
         raise ValueError(
-            f"token_ids has {token_ids.numel()} tokens: too few for "
-            f"windows of length {length}"
+            f"token_ids has {token_ids.numel()} tokens: too few for windows of length {length}"
         )
     return _windows(token_ids, batch_size, length, seed)
 
@@ -378,7 +330,5 @@ def _windows(
             (batch_size,),
             generator=generator,
         )
-        window = token_ids[
-            starts.to(token_ids.device).unsqueeze(1) + offsets
-        ]
+        window = token_ids[starts.to(token_ids.device).unsqueeze(1) + offsets]
         yield window[:, :-1], window[:, 1:]

@@ -23,17 +23,12 @@ from gradcourse.models import is_tied
 METHODS = ("loop", "scatter_add", "index_add", "one_hot")
 
 
-def _check_lookup(
-    grad_output: torch.Tensor, token_ids: torch.Tensor, num_embeddings: int
-) -> int:
+def _check_lookup(grad_output: torch.Tensor, token_ids: torch.Tensor, num_embeddings: int) -> int:
     """Validate the arguments of a lookup's backward (before any index is
     used); return ``dim``."""
     check_positive_int("num_embeddings", num_embeddings)
     check_int_tensor("token_ids", token_ids)
-    if (
-        not isinstance(grad_output, torch.Tensor)
-        or not grad_output.is_floating_point()
-    ):
+    if not isinstance(grad_output, torch.Tensor) or not grad_output.is_floating_point():
         raise TypeError(
             "grad_output must be a floating-point tensor, got "
             + (
@@ -42,10 +37,7 @@ def _check_lookup(
                 else type(grad_output).__name__
             )
         )
-    if (
-        grad_output.dim() != token_ids.dim() + 1
-        or grad_output.shape[:-1] != token_ids.shape
-    ):
+    if grad_output.dim() != token_ids.dim() + 1 or grad_output.shape[:-1] != token_ids.shape:
         raise ValueError(
             "grad_output must have shape token_ids.shape + (dim,) = "
             f"{tuple(token_ids.shape)} + (dim,), "
@@ -55,9 +47,7 @@ def _check_lookup(
     return grad_output.shape[-1]
 
 
-def _check_id_range(
-    what: str, ids: torch.Tensor, num_embeddings: int
-) -> None:
+def _check_id_range(what: str, ids: torch.Tensor, num_embeddings: int) -> None:
     """Raise ``ValueError`` naming the first bound broken; one
     device-to-host transfer for both bounds, so that a GPU run gets this
     message and never a device-side assert."""
@@ -71,19 +61,14 @@ def _check_id_range(
             )
 
 
-def _normalise_padding_idx(
-    padding_idx: int | None, num_embeddings: int
-) -> int | None:
+def _normalise_padding_idx(padding_idx: int | None, num_embeddings: int) -> int | None:
     if padding_idx is None:
         return None
     if isinstance(padding_idx, bool) or not isinstance(padding_idx, int):
-        raise TypeError(
-            f"padding_idx must be an int or None, got {padding_idx!r}"
-        )
+        raise TypeError(f"padding_idx must be an int or None, got {padding_idx!r}")
     if not -num_embeddings <= padding_idx < num_embeddings:
         raise ValueError(
-            f"padding_idx {padding_idx} is outside [-{num_embeddings}, "
-            f"{num_embeddings})"
+            f"padding_idx {padding_idx} is outside [-{num_embeddings}, {num_embeddings})"
         )
     # a negative index counts from the end, as in nn.Embedding
     return padding_idx % num_embeddings
@@ -129,19 +114,14 @@ def embedding_backward(
     """
     check_choice("method", method, METHODS)
     if not isinstance(scale_grad_by_freq, bool):
-        raise TypeError(
-            "scale_grad_by_freq must be True or False, got "
-            f"{scale_grad_by_freq!r}"
-        )
+        raise TypeError(f"scale_grad_by_freq must be True or False, got {scale_grad_by_freq!r}")
     dim = _check_lookup(grad_output, token_ids, num_embeddings)
     padding_idx = _normalise_padding_idx(padding_idx, num_embeddings)
     flat_ids = token_ids.reshape(-1).long()
     flat_grad = grad_output.reshape(-1, dim)
     if scale_grad_by_freq:
         counts = torch.bincount(flat_ids, minlength=num_embeddings)
-        flat_grad = flat_grad / counts[flat_ids].unsqueeze(1).to(
-            flat_grad.dtype
-        )
+        flat_grad = flat_grad / counts[flat_ids].unsqueeze(1).to(flat_grad.dtype)
 
     grad_weight = sum_rows(flat_grad, flat_ids, num_embeddings, method)
     if padding_idx is not None:
@@ -175,14 +155,9 @@ def sum_rows(
             0, flat_ids.unsqueeze(1).expand(-1, dim), flat_grad
         )
     if method == "index_add":
-        return flat_grad.new_zeros(num_embeddings, dim).index_add_(
-            0, flat_ids, flat_grad
-        )
+        return flat_grad.new_zeros(num_embeddings, dim).index_add_(0, flat_ids, flat_grad)
     if method == "one_hot":
-        return (
-            F.one_hot(flat_ids, num_embeddings).to(flat_grad.dtype).T
-            @ flat_grad
-        )
+        return F.one_hot(flat_ids, num_embeddings).to(flat_grad.dtype).T @ flat_grad
     raise ValueError(f"method must be one of {METHODS}, got {method!r}")
 
 
@@ -236,9 +211,7 @@ def split_embedding_parameters(
             group would go unnoticed).
     """
     if not isinstance(model, torch.nn.Module):
-        raise TypeError(
-            f"model must be a torch.nn.Module, got {type(model).__name__}"
-        )
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     # the module's parameters, not its .weight: a parametrised table
     # (parametrize, weight_norm) computes .weight from them
     tables = [
@@ -251,16 +224,11 @@ def split_embedding_parameters(
     embedding_ids = {id(weight) for weight in tables}
     if not embedding_ids:
         raise ValueError(
-            f"{type(model).__name__} has no trainable nn.Embedding or "
-            "nn.EmbeddingBag"
+            f"{type(model).__name__} has no trainable nn.Embedding or nn.EmbeddingBag"
         )
-    embedding_parameters = list(
-        {id(weight): weight for weight in tables}.values()
-    )
+    embedding_parameters = list({id(weight): weight for weight in tables}.values())
     other_parameters = [
-        p
-        for p in model.parameters()
-        if p.requires_grad and id(p) not in embedding_ids
+        p for p in model.parameters() if p.requires_grad and id(p) not in embedding_ids
     ]
     return embedding_parameters, other_parameters
 
@@ -305,8 +273,7 @@ def tied_gradient_parts(
         for name in ("token_embedding", "lm_head")
     ):
         raise TypeError(
-            "model must have token_embedding and lm_head modules, got "
-            f"{type(model).__name__}"
+            f"model must have token_embedding and lm_head modules, got {type(model).__name__}"
         )
     shared = model.token_embedding.weight
     if not is_tied(shared, model.lm_head.weight):
@@ -339,10 +306,6 @@ def tied_gradient_parts(
         (token_ids,),
         tie_weights=False,
     )
-    loss = F.cross_entropy(
-        logits.reshape(-1, logits.shape[-1]), targets.reshape(-1).long()
-    )
-    lookup_part, projection_part = torch.autograd.grad(
-        loss, [lookup_copy, projection_copy]
-    )
+    loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1).long())
+    lookup_part, projection_part = torch.autograd.grad(loss, [lookup_copy, projection_copy])
     return lookup_part, projection_part

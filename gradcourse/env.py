@@ -45,10 +45,7 @@ def seed_everything(seed: int) -> None:
         ValueError: ``seed`` is negative or not below 2**32.
     """
     if isinstance(seed, bool) or not isinstance(seed, int):
-        raise TypeError(
-            f"seed must be an int, got {seed!r} of type "
-            f"{type(seed).__name__}"
-        )
+        raise TypeError(f"seed must be an int, got {seed!r} of type {type(seed).__name__}")
     if not 0 <= seed < 2**32:
         raise ValueError(f"seed must be in [0, 2**32), got {seed}")
     random.seed(seed)
@@ -73,9 +70,7 @@ def versions() -> dict[str, str]:
         "device": str(device()),
     }
     if torch.cuda.is_available():
-        found["cuda"] = (
-            f"{torch.version.cuda} ({torch.cuda.get_device_name(0)})"
-        )
+        found["cuda"] = f"{torch.version.cuda} ({torch.cuda.get_device_name(0)})"
     return found
 
 

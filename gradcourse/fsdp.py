@@ -47,9 +47,7 @@ def next_token_loss(model: nn.Module, ids: torch.Tensor) -> torch.Tensor:
     """Mean cross-entropy of predicting ``ids[:, 1:]`` from
     ``ids[:, :-1]``."""
     logits = model(ids[:, :-1])
-    return F.cross_entropy(
-        logits.reshape(-1, VOCAB), ids[:, 1:].reshape(-1)
-    )
+    return F.cross_entropy(logits.reshape(-1, VOCAB), ids[:, 1:].reshape(-1))
 
 
 def rows_of(ids: torch.Tensor, rank: int) -> torch.Tensor:
@@ -118,13 +116,8 @@ def monitor_checks(
     reference = tiny_model()
     model = _wrapped(tiny_model(), mode)
     inner = model.module if mode == "ddp" else model
-    monitors = [
-        GradientMonitor(net, detail_every=1) for net in (inner, reference)
-    ]
-    optimizers = [
-        torch.optim.SGD(net.parameters(), lr=0.1)
-        for net in (model, reference)
-    ]
+    monitors = [GradientMonitor(net, detail_every=1) for net in (inner, reference)]
+    optimizers = [torch.optim.SGD(net.parameters(), lr=0.1) for net in (model, reference)]
     result: dict[str, Any] = {
         "global_norm": [], "clip_total_norm": [], "reference_norm": [],
         "all_reduces": [],
@@ -141,9 +134,7 @@ def monitor_checks(
         monitors[1].record()
         result["all_reduces"].append(counter.calls)
         total = nn.utils.clip_grad_norm_(model.parameters(), float("inf"))
-        total = (
-            total.full_tensor() if hasattr(total, "full_tensor") else total
-        )
+        total = total.full_tensor() if hasattr(total, "full_tensor") else total
         result["clip_total_norm"].append(total.item())
         for optimizer, monitor in zip(optimizers, monitors):
             optimizer.step()
@@ -162,26 +153,23 @@ def monitor_checks(
 
     result["layer_norm_error"] = worst("layer_norms")
     result["update_ratio_error"] = worst("update_ratios")
-    result["histogram_count_error"] = int(
-        abs(ours["histograms"] - theirs["histograms"]).max()
-    )
+    result["histogram_count_error"] = int(abs(ours["histograms"] - theirs["histograms"]).max())
     result["histogram_total"] = int(ours["histograms"].sum())
-    result["parameter_count"] = sum(
-        p.numel() for p in reference.parameters()
-    )
+    result["parameter_count"] = sum(p.numel() for p in reference.parameters())
     for monitor in monitors:
         monitor.close()
     return result
 
 
-def nonfinite_checks(
-    rank: int, world_size: int, mode: str = "fsdp"
-) -> dict[str, Any]:
-    """A NaN in one rank only: under FSDP2 in rank 1's shard of one
-    gradient, under DDP in rank 1's inputs. Returns what this rank's
-    monitor did: ``raised`` (bool), ``step`` and ``parameter``."""
+def nonfinite_checks(rank: int, world_size: int, mode: str = "fsdp") -> dict[str, Any]:
+    """A NaN in one rank only: under FSDP2 in rank 1's shard of one gradient, under DDP in rank
+    1's inputs. Each rank records, steps and calls ``record_update()``; returns what its monitor
+    did: ``raised`` (bool), ``where`` (``"record"``: before this rank's optimizer step, or
+    ``"record_update"``: after it, when the combined norms arrived), ``step`` and
+    ``parameter``."""
     model = _wrapped(tiny_model(), mode)
     inner = model.module if mode == "ddp" else model
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     monitor = GradientMonitor(inner)
     ids = rows_of(global_batch(world_size), rank)
     loss = next_token_loss(model, ids)
@@ -191,17 +179,17 @@ def nonfinite_checks(
     if mode == "fsdp" and rank == 1:
         shard = local(inner.lm_head.weight.grad)
         shard.view(-1)[0] = float("nan")
+    where = "record"
     try:
         monitor.record()
+        optimizer.step()
+        where = "record_update"
+        monitor.record_update()
     except NonFiniteGradientError as error:
-        return {
-            "raised": True,
-            "step": error.step,
-            "parameter": error.parameter,
-        }
+        return {"raised": True, "where": where, "step": error.step, "parameter": error.parameter}
     finally:
         monitor.close()
-    return {"raised": False, "step": None, "parameter": None}
+    return {"raised": False, "where": None, "step": None, "parameter": None}
 
 
 def _bytes(tensors) -> int:
@@ -232,9 +220,7 @@ def fsdp_facts(rank: int, world_size: int) -> dict[str, Any]:
         optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
         next_token_loss(model, mine).backward()
         if mode == "fsdp":
-            shard_squares = sum(
-                local(p.grad).pow(2).sum() for p in model.parameters()
-            )
+            shard_squares = sum(local(p.grad).pow(2).sum() for p in model.parameters())
             result["shard_norm"] = shard_squares.sqrt().item()
             total = nn.utils.clip_grad_norm_(model.parameters(), 1e9)
             result["global_norm"] = total.full_tensor().item()
@@ -264,18 +250,13 @@ def fsdp_facts(rank: int, world_size: int) -> dict[str, Any]:
                     "blocks.0.attention.qkv.weight", "final_norm.weight")
     }  # fmt: skip
     result["gradient_difference"] = max(
-        (local(p.grad) - ddp_grads[name].chunk(world_size, dim=0)[rank])
-        .abs()
-        .max()
-        .item()
+        (local(p.grad) - ddp_grads[name].chunk(world_size, dim=0)[rank]).abs().max().item()
         for name, p in fsdp.named_parameters()
         if local(p.grad).numel()
     )
     reference = tiny_model()
     next_token_loss(reference, ids).backward()
     result["reference_norm"] = (
-        sum(p.grad.pow(2).sum() for p in reference.parameters())
-        .sqrt()
-        .item()
+        sum(p.grad.pow(2).sum() for p in reference.parameters()).sqrt().item()
     )
     return result

@@ -16,7 +16,6 @@ optimizer step to its ``on_pre_optimizer_step``.
 
 from __future__ import annotations
 
-import inspect
 import logging
 import weakref
 from typing import Any
@@ -32,14 +31,13 @@ from torch.autograd import Variable
 
 from gradcourse.diagnosis import diagnose
 from gradcourse.monitor import GradientMonitor, describe
+from gradcourse.monitor.options import MonitorOptions
 
 logger = logging.getLogger(__name__)
 
 SET_BY_THE_CALLBACK = ("model", "optimizer", "on_nonfinite", "start_step")
 MONITOR_OPTIONS = tuple(
-    name
-    for name in inspect.signature(GradientMonitor).parameters
-    if name not in SET_BY_THE_CALLBACK
+    name for name in MonitorOptions.__dataclass_fields__ if name not in SET_BY_THE_CALLBACK
 )
 # the callback that last armed hooks on a model: the next one removes what an exception left
 _ARMED_BY: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -95,8 +93,7 @@ class GradientMonitorCallback(TrainerCallback):
             raise TypeError(
                 f"unknown monitor option(s) {unknown}; the options are {list(MONITOR_OPTIONS)}"
             )
-        # the monitor checks its own values: try them now, not when training begins
-        GradientMonitor(nn.Linear(1, 1), **monitor_options).close()
+        MonitorOptions.checked(**monitor_options)  # now, not when training begins
         self.stop_on_nonfinite = stop_on_nonfinite
         self.diagnose_at_end = diagnose_at_end
         self.monitor_options = monitor_options

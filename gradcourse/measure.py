@@ -27,33 +27,21 @@ def loglog_slope(x: torch.Tensor, y: torch.Tensor) -> float:
     """
     for name, values in (("x", x), ("y", y)):
         if not isinstance(values, torch.Tensor):
-            raise TypeError(
-                f"{name} must be a tensor, got {type(values).__name__}"
-            )
+            raise TypeError(f"{name} must be a tensor, got {type(values).__name__}")
         if values.is_complex() or values.dtype == torch.bool:
-            raise TypeError(
-                f"{name} must hold real numbers, got dtype {values.dtype}"
-            )
+            raise TypeError(f"{name} must hold real numbers, got dtype {values.dtype}")
         if values.dim() != 1:
-            raise ValueError(
-                f"{name} must be 1-D, got shape {tuple(values.shape)}"
-            )
+            raise ValueError(f"{name} must be 1-D, got shape {tuple(values.shape)}")
     if x.shape != y.shape:
-        raise ValueError(
-            f"x and y must have the same length, got {x.numel()} and "
-            f"{y.numel()}"
-        )
+        raise ValueError(f"x and y must have the same length, got {x.numel()} and {y.numel()}")
     if x.numel() < 2:
-        raise ValueError(
-            f"need at least 2 points to fit a slope, got {x.numel()}"
-        )
+        raise ValueError(f"need at least 2 points to fit a slope, got {x.numel()}")
     for name, values in (("x", x), ("y", y)):
         bad = ~(torch.isfinite(values) & (values > 0))
         if bad.any():
             index = int(bad.nonzero()[0])
             raise ValueError(
-                f"{name}[{index}] = {values[index].item()!r}: every entry "
-                "must be finite and > 0"
+                f"{name}[{index}] = {values[index].item()!r}: every entry must be finite and > 0"
             )
     log_x, log_y = x.double().log10(), y.double().log10()
     # compared exactly: the spread of equal values, computed around their

@@ -83,9 +83,7 @@ def subplots(
     return plt.subplots(nrows, ncols, figsize=(width, height), **kwargs)
 
 
-def label(
-    ax: Axes, xlabel: str, ylabel: str, title: str | None = None
-) -> None:
+def label(ax: Axes, xlabel: str, ylabel: str, title: str | None = None) -> None:
     """Name both axes (with units, e.g. ``"step size h"``, ``"|error| (log
     scale)"``) and, optionally, the panel.
 
@@ -94,14 +92,10 @@ def label(
         ValueError: an axis label is empty or not a string.
     """
     if not isinstance(ax, Axes):
-        raise TypeError(
-            f"ax must be a matplotlib Axes, got {type(ax).__name__}"
-        )
+        raise TypeError(f"ax must be a matplotlib Axes, got {type(ax).__name__}")
     for which, text in (("xlabel", xlabel), ("ylabel", ylabel)):
         if not isinstance(text, str) or not text.strip():
-            raise ValueError(
-                f"{which} must be a non-empty string, got {text!r}"
-            )
+            raise ValueError(f"{which} must be a non-empty string, got {text!r}")
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     if title is not None:
@@ -135,27 +129,16 @@ def layer_histograms(
         ValueError: ``values`` is empty, or ``bins`` < 1.
     """
     if not isinstance(values, Mapping):
-        raise TypeError(
-            "values must be a mapping of name -> tensor, got "
-            f"{type(values).__name__}"
-        )
+        raise TypeError(f"values must be a mapping of name -> tensor, got {type(values).__name__}")
     if not values:
         raise ValueError("values is empty: nothing to plot")
     check_positive_int("bins", bins)
     for name, tensor in values.items():
         if not isinstance(tensor, torch.Tensor):
-            raise TypeError(
-                f"values[{name!r}] must be a tensor, got "
-                f"{type(tensor).__name__}"
-            )
+            raise TypeError(f"values[{name!r}] must be a tensor, got {type(tensor).__name__}")
         if tensor.is_complex():
-            raise TypeError(
-                f"values[{name!r}] must hold real numbers, got dtype "
-                f"{tensor.dtype}"
-            )
-    fig, axes = subplots(
-        1, len(values), width=3.2 * len(values), height=2.8, squeeze=False
-    )
+            raise TypeError(f"values[{name!r}] must hold real numbers, got dtype {tensor.dtype}")
+    fig, axes = subplots(1, len(values), width=3.2 * len(values), height=2.8, squeeze=False)
     for ax, (name, tensor) in zip(axes[0], values.items()):
         entries = tensor.detach().double().cpu().flatten().numpy()
         finite = np.isfinite(entries)
@@ -168,9 +151,7 @@ def layer_histograms(
             ax,
             f"log10 |{xlabel}|" if log_magnitude else xlabel,
             "count",
-            title=f"{name} ({left_out} inf/NaN left out)"
-            if left_out
-            else name,
+            title=f"{name} ({left_out} inf/NaN left out)" if left_out else name,
         )
     return fig
 
@@ -178,14 +159,12 @@ def layer_histograms(
 def _check_history(history: Mapping, *keys: str) -> None:
     if not isinstance(history, Mapping):
         raise TypeError(
-            "history must be a GradientMonitor history (a mapping), got "
-            f"{type(history).__name__}"
+            f"history must be a GradientMonitor history (a mapping), got {type(history).__name__}"
         )
     missing = [key for key in keys if key not in history]
     if missing:
         raise ValueError(
-            f"history has no {missing}: was it recorded (histograms=True, "
-            "update_ratios=True)?"
+            f"history has no {missing}: was it recorded (histograms=True, update_ratios=True)?"
         )
     if not len(history[keys[0]]):
         raise ValueError("history is empty: no step was recorded")
@@ -199,9 +178,7 @@ def norm_heatmap(history: Mapping) -> Figure:
     """
     _check_history(history, "layer_norms", "steps", "layer_names")
     norms = np.log10(np.maximum(history["layer_norms"].T, 1e-30))
-    fig, ax = subplots(
-        width=8.0, height=0.22 * len(history["layer_names"]) + 1.6
-    )
+    fig, ax = subplots(width=8.0, height=0.22 * len(history["layer_names"]) + 1.6)
     steps = history["steps"]
     image = ax.imshow(
         norms,
@@ -232,8 +209,7 @@ def histogram_over_time(history: Mapping, layer: str) -> Figure:
     )
     if layer not in history["layer_names"]:
         raise ValueError(
-            f"layer {layer!r} is not in the history; layers: "
-            f"{history['layer_names']}"
+            f"layer {layer!r} is not in the history; layers: {history['layer_names']}"
         )
     # (H, bins)
     counts = history["histograms"][:, history["layer_names"].index(layer)]
@@ -252,17 +228,13 @@ def histogram_over_time(history: Mapping, layer: str) -> Figure:
     label(
         ax,
         "step",
-        "log10 |gradient|"
-        if history.get("log_magnitude", True)
-        else "gradient value",
+        "log10 |gradient|" if history.get("log_magnitude", True) else "gradient value",
         f"Gradient histogram over time: {layer}",
     )
     return fig
 
 
-def update_ratio_lines(
-    history: Mapping, reference: float | None = 1e-3
-) -> Figure:
+def update_ratio_lines(history: Mapping, reference: float | None = 1e-3) -> Figure:
     """Update-to-weight ratio of every layer over the steps where it was
     measured (Chapter 9), log scale, one labelled line per layer; a dashed
     line at ``reference`` (the common rule of thumb, about 1e-3), or none
@@ -297,9 +269,7 @@ def update_ratio_lines(
         "||update|| / ||weights|| (per layer)",
         "Update-to-weight ratio, one line per layer",
     )
-    ax.legend(
-        fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5), ncol=1
-    )
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5), ncol=1)
     return fig
 
 
@@ -318,16 +288,13 @@ def global_norm_lines(
     """
     if not isinstance(histories, Mapping):
         raise TypeError(
-            "histories must be a mapping of label -> history, got "
-            f"{type(histories).__name__}"
+            f"histories must be a mapping of label -> history, got {type(histories).__name__}"
         )
     if not histories:
         raise ValueError("histories is empty: give at least one run")
     fig, ax = subplots(width=7.0)
     # the palette repeats past its seventh run rather than drop the rest
-    for (name, history), color in zip(
-        histories.items(), itertools.cycle(PALETTE)
-    ):
+    for (name, history), color in zip(histories.items(), itertools.cycle(PALETTE)):
         _check_history(history, "global_norm", "steps")
         ax.semilogy(
             history["steps"],

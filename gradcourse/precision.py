@@ -35,24 +35,15 @@ def low_precision_fate(
             nonzero entry.
     """
     if isinstance(scale, bool) or not isinstance(scale, (int, float)):
-        raise TypeError(
-            f"scale must be a finite number > 0, got {scale!r}"
-        )
+        raise TypeError(f"scale must be a finite number > 0, got {scale!r}")
     if not 0 < scale < float("inf"):
-        raise ValueError(
-            f"scale must be a finite number > 0, got {scale!r}"
-        )
+        raise ValueError(f"scale must be a finite number > 0, got {scale!r}")
     if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
-        raise TypeError(
-            f"dtype must be a floating-point torch.dtype, got {dtype!r}"
-        )
+        raise TypeError(f"dtype must be a floating-point torch.dtype, got {dtype!r}")
     info = torch.finfo(dtype)
     counts = None
     for gradient in gradients:
-        if (
-            not isinstance(gradient, torch.Tensor)
-            or not gradient.is_floating_point()
-        ):
+        if not isinstance(gradient, torch.Tensor) or not gradient.is_floating_point():
             raise TypeError(
                 "gradients must be floating-point tensors, got "
                 + (
@@ -102,8 +93,6 @@ def saved_tensor_bytes(function: Callable[[], Any]) -> tuple[Any, int]:
         storages[storage.data_ptr()] = storage.nbytes()
         return tensor
 
-    with torch.autograd.graph.saved_tensors_hooks(
-        pack, lambda tensor: tensor
-    ):
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
         result = function()
     return result, sum(storages.values())

@@ -19,10 +19,7 @@ UNARY = {
 
 
 def torch_grad(fn, *inputs: float) -> list[float]:
-    leaves = [
-        torch.tensor(x, dtype=torch.float64, requires_grad=True)
-        for x in inputs
-    ]
+    leaves = [torch.tensor(x, dtype=torch.float64, requires_grad=True) for x in inputs]
     fn(*leaves).backward()
     return [leaf.grad.item() for leaf in leaves]
 
@@ -37,9 +34,7 @@ def test_unary_operation_gradient_matches_torch(name, x):
     assert out.data == pytest.approx(
         torch_fn(torch.tensor(x, dtype=torch.float64)).item(), rel=1e-12
     )
-    assert leaf.grad == pytest.approx(
-        torch_grad(torch_fn, x)[0], rel=1e-12
-    )
+    assert leaf.grad == pytest.approx(torch_grad(torch_fn, x)[0], rel=1e-12)
 
 
 @pytest.mark.parametrize("op", ["+", "-", "*", "/"])
@@ -52,9 +47,7 @@ def test_binary_operation_gradients_match_torch(op):
     }[op]
     a, b = Value(1.5), Value(-0.4)
     fn(a, b).backward()
-    assert [a.grad, b.grad] == pytest.approx(
-        torch_grad(fn, 1.5, -0.4), rel=1e-12
-    )
+    assert [a.grad, b.grad] == pytest.approx(torch_grad(fn, 1.5, -0.4), rel=1e-12)
 
 
 def test_operations_with_plain_numbers_on_either_side():
@@ -109,20 +102,11 @@ def test_sigmoid_does_not_overflow_for_large_inputs():
 def test_random_expression_matches_torch(a, b, c):
     def expression(x, y, z):
         u = x * y + z
-        return (
-            u.tanh() * x + (y.log() - z) ** 2 + (x / y).exp()
-        ).sigmoid() * u
+        return (u.tanh() * x + (y.log() - z) ** 2 + (x / y).exp()).sigmoid() * u
 
     def torch_expression(x, y, z):
         u = x * y + z
-        return (
-            torch.sigmoid(
-                torch.tanh(u) * x
-                + (torch.log(y) - z) ** 2
-                + torch.exp(x / y)
-            )
-            * u
-        )
+        return torch.sigmoid(torch.tanh(u) * x + (torch.log(y) - z) ** 2 + torch.exp(x / y)) * u
 
     leaves = [Value(a), Value(b), Value(c)]
     expression(*leaves).backward()
@@ -133,9 +117,7 @@ def test_random_expression_matches_torch(a, b, c):
 
 @pytest.mark.parametrize("bad", ["1.0", None, [1.0], True, 1j])
 def test_value_refuses_non_numbers(bad):
-    with pytest.raises(
-        TypeError, match="Value data must be an int or a float"
-    ):
+    with pytest.raises(TypeError, match="Value data must be an int or a float"):
         Value(bad)
 
 

@@ -16,23 +16,17 @@ def test_embedding_bench_measures_every_variant_relative_to_pytorch():
     ] and names[2:] == list(METHODS)
     assert rows[0].relative == 1.0
     assert all(row.seconds > 0 for row in rows)
-    assert all(
-        row.gigabytes_per_second > 0 for row in rows if not row.is_view
-    )
+    assert all(row.gigabytes_per_second > 0 for row in rows if not row.is_view)
     assert 1 <= distinct_ids <= 200
 
 
 def test_embedding_bench_counts_dense_and_sparse_gradient_bytes():
-    rows, _ = run(
-        vocab=100, dim=4, tokens=50, methods=("index_add",), rounds=1
-    )
+    rows, _ = run(vocab=100, dim=4, tokens=50, methods=("index_add",), rounds=1)
     by_name = {row.name: row for row in rows}
     # every row, float32
     assert by_name["pytorch dense"].gradient_bytes == 100 * 4 * 4
     # one row + id per token
-    assert by_name["pytorch sparse (uncoalesced)"].gradient_bytes == 50 * (
-        4 * 4 + 8
-    )
+    assert by_name["pytorch sparse (uncoalesced)"].gradient_bytes == 50 * (4 * 4 + 8)
 
 
 def test_embedding_bench_cli_prints_the_table(capsys):
@@ -56,11 +50,7 @@ def test_embedding_bench_cli_prints_the_table(capsys):
         == 0
     )
     out = capsys.readouterr().out
-    assert (
-        "pytorch dense" in out
-        and "index_add" in out
-        and "vs pytorch" in out
-    )
+    assert "pytorch dense" in out and "index_add" in out and "vs pytorch" in out
 
 
 def test_embedding_bench_cli_refuses_a_non_positive_size():
@@ -98,21 +88,14 @@ def test_time_interleaved_runs_every_variant_each_round():
 
 def test_time_interleaved_refuses_zero_rounds():
     with pytest.raises(ValueError, match="rounds"):
-        time_interleaved(
-            {"a": lambda: None}, torch.device("cpu"), rounds=0
-        )
+        time_interleaved({"a": lambda: None}, torch.device("cpu"), rounds=0)
 
 
 def test_embedding_bench_sparse_gradient_is_a_view_of_grad_output():
-    rows, _ = run(
-        vocab=100, dim=4, tokens=50, methods=("index_add",), rounds=1
-    )
+    rows, _ = run(vocab=100, dim=4, tokens=50, methods=("index_add",), rounds=1)
     by_name = {row.name: row for row in rows}
     assert by_name["pytorch sparse (uncoalesced)"].is_view
-    assert (
-        by_name["pytorch sparse (uncoalesced)"].gigabytes_per_second
-        is None
-    )
+    assert by_name["pytorch sparse (uncoalesced)"].gigabytes_per_second is None
     assert not by_name["pytorch dense"].is_view
 
 
@@ -177,9 +160,7 @@ def test_distributed_monitor_bench_prints_a_table_per_wrapper(capsys):
 def test_distributed_monitor_bench_refuses_an_unknown_wrapper():
     from gradcourse.bench.distributed_monitor import run
 
-    with pytest.raises(
-        ValueError, match="modes must be a non-empty subset"
-    ):
+    with pytest.raises(ValueError, match="modes must be a non-empty subset"):
         run(2, ("zero3",))
 
 
@@ -188,3 +169,49 @@ def test_distributed_monitor_bench_refuses_a_single_process():
 
     with pytest.raises(ValueError, match="processes >= 2"):
         run(1)
+
+
+def test_time_rounds_runs_the_variants_in_a_fresh_random_order_every_round():
+    from gradcourse.bench.timing import time_rounds
+
+    order = []
+    time_rounds(
+        {name: (lambda name=name: order.append(name)) for name in "abcd"},
+        torch.device("cpu"),
+        rounds=20,
+        warmup=0,
+        show_progress=False,
+    )
+    rounds = {"".join(order[i : i + 4]) for i in range(0, 80, 4)}
+    assert len(rounds) > 5 and all(sorted(r) == list("abcd") for r in rounds)
+
+
+def test_paired_overhead_reads_a_known_slowdown_and_zero_for_the_same_variant():
+    import numpy as np
+
+    from gradcourse.bench.timing import paired_overhead
+
+    baseline = np.random.default_rng(0).lognormal(np.log(0.06), 0.05, 400)
+    same, low, high = paired_overhead(baseline, baseline)
+    assert same == 0 and low == 0 and high == 0
+    slower, low, high = paired_overhead(baseline * 1.02, baseline)
+    assert (slower, low, high) == pytest.approx((0.02, 0.02, 0.02), rel=1e-9)
+
+
+def test_paired_overhead_interval_covers_the_truth_under_noise():
+    import numpy as np
+
+    from gradcourse.bench.timing import paired_overhead
+
+    rng = np.random.default_rng(1)
+    drift = rng.lognormal(np.log(0.06), 0.1, 300)  # what both variants of a round share
+    baseline = drift * rng.lognormal(0, 0.02, 300)
+    variant = 1.01 * drift * rng.lognormal(0, 0.02, 300)
+    estimate, low, high = paired_overhead(variant, baseline)
+    assert low < 0.01 < high and high - low < 0.01
+
+
+def test_monitor_bench_has_an_a_a_row():
+    from gradcourse.bench.monitor import AGAIN, VARIANTS
+
+    assert VARIANTS[:2] == ("no monitor", AGAIN)

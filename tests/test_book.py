@@ -24,9 +24,7 @@ def test_glue_records_numpy_and_tensor_scalars_as_python_numbers(
     )
     glue("numpy", np.float64(0.25))
     glue("tensor", torch.tensor(3))
-    assert recorded == [0.25, 3] and [
-        type(value) for value in recorded
-    ] == [float, int]
+    assert recorded == [0.25, 3] and [type(value) for value in recorded] == [float, int]
 
 
 def test_glue_works_without_myst_nb(monkeypatch):
@@ -67,6 +65,4 @@ def test_glue_records_a_one_element_numpy_array_as_a_python_number(
     )
     glue("mean", torch.tensor(0.25).numpy())
     glue("row", np.array([3]))
-    assert recorded == [0.25, 3] and [
-        type(value) for value in recorded
-    ] == [float, int]
+    assert recorded == [0.25, 3] and [type(value) for value in recorded] == [float, int]

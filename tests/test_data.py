@@ -26,9 +26,7 @@ def test_zipf_ids_are_in_range_with_the_requested_count():
 
 
 def test_zipf_ids_repeat_for_the_same_seed():
-    assert torch.equal(
-        zipf_token_ids(100, 20, seed=1), zipf_token_ids(100, 20, seed=1)
-    )
+    assert torch.equal(zipf_token_ids(100, 20, seed=1), zipf_token_ids(100, 20, seed=1))
 
 
 def test_zipf_frequencies_follow_the_power_law():
@@ -39,9 +37,7 @@ def test_zipf_frequencies_follow_the_power_law():
 
 
 def test_zipf_exponent_zero_is_uniform():
-    counts = torch.bincount(
-        zipf_token_ids(100_000, 10, exponent=0.0), minlength=10
-    ).double()
+    counts = torch.bincount(zipf_token_ids(100_000, 10, exponent=0.0), minlength=10).double()
     assert (counts / counts.mean() - 1).abs().max() < 0.05
 
 
@@ -69,16 +65,11 @@ def test_stdlib_corpus_is_deterministic_and_can_be_truncated():
 
 # sha256 of the shipped text: the same corpus on every Python (rebuilt only
 # by tools/build_corpus.py)
-CORPUS_SHA256 = (
-    "5a6c0ab0bbc38bc115b6c9068b1bc1580ae8e9b7e55596d360972d2ceff0392b"
-)
+CORPUS_SHA256 = "5a6c0ab0bbc38bc115b6c9068b1bc1580ae8e9b7e55596d360972d2ceff0392b"
 
 
 def test_stdlib_corpus_is_the_shipped_text():
-    assert (
-        hashlib.sha256(stdlib_corpus().encode("utf-8")).hexdigest()
-        == CORPUS_SHA256
-    )
+    assert hashlib.sha256(stdlib_corpus().encode("utf-8")).hexdigest() == CORPUS_SHA256
 
 
 def test_stdlib_corpus_survives_python_minus_OO():
@@ -153,13 +144,8 @@ def test_bpe_pieces_join_back_to_the_words():
 
 
 def test_bpe_shares_a_piece_between_words():
-    merges = train_bpe(
-        "playing playing running running jumping jumping", 3
-    )
-    endings = [
-        encode(word, merges)[-1]
-        for word in ("playing", "running", "jumping")
-    ]
+    merges = train_bpe("playing playing running running jumping jumping", 3)
+    endings = [encode(word, merges)[-1] for word in ("playing", "running", "jumping")]
     assert endings == ["ing</w>"] * 3
 
 
@@ -194,17 +180,13 @@ def test_random_windows_repeat_for_a_seed():
         random_windows(torch.arange(50), 3, 5, seed=7),
         random_windows(torch.arange(50), 3, 5, seed=7),
     )
-    assert all(
-        torch.equal(next(first)[0], next(second)[0]) for _ in range(3)
-    )
+    assert all(torch.equal(next(first)[0], next(second)[0]) for _ in range(3))
 
 
 def test_random_windows_refuse_a_sequence_too_short():
     from gradcourse.data import random_windows
 
-    with pytest.raises(
-        ValueError, match="too few for windows of length 10"
-    ):
+    with pytest.raises(ValueError, match="too few for windows of length 10"):
         next(random_windows(torch.arange(5), 2, 10))
 
 
@@ -217,22 +199,16 @@ def test_random_windows_can_draw_the_last_window():
     assert torch.equal(targets, inputs + 1)
 
 
-@pytest.mark.parametrize(
-    "tokenizer", [CharTokenizer("abc"), WordTokenizer("a b c")]
-)
+@pytest.mark.parametrize("tokenizer", [CharTokenizer("abc"), WordTokenizer("a b c")])
 @pytest.mark.parametrize("bad_id", [-1, 99])
 def test_decode_names_an_id_outside_the_vocabulary(tokenizer, bad_id):
-    with pytest.raises(
-        ValueError, match=f"token id {bad_id} is outside the vocabulary"
-    ):
+    with pytest.raises(ValueError, match=f"token id {bad_id} is outside the vocabulary"):
         tokenizer.decode(torch.tensor([0, bad_id]))
 
 
 def test_random_windows_refuses_bad_arguments_at_the_call():
     # not at the first next(): the error points at the line that is wrong
-    with pytest.raises(
-        ValueError, match="too few for windows of length 10"
-    ):
+    with pytest.raises(ValueError, match="too few for windows of length 10"):
         random_windows(torch.arange(5), 2, 10)
 
 
@@ -252,31 +228,21 @@ def test_random_windows_names_the_shape_of_ids_that_are_not_1d():
 
 @pytest.mark.parametrize("seed", [1.5, "0", True])
 def test_a_seed_that_is_not_an_int_is_refused_and_named(seed):
-    with pytest.raises(
-        TypeError, match=f"seed must be an int, got {seed!r}"
-    ):
+    with pytest.raises(TypeError, match=f"seed must be an int, got {seed!r}"):
         zipf_token_ids(10, 5, seed=seed)
-    with pytest.raises(
-        TypeError, match=f"seed must be an int, got {seed!r}"
-    ):
+    with pytest.raises(TypeError, match=f"seed must be an int, got {seed!r}"):
         random_windows(torch.arange(20), 2, 3, seed=seed)
 
 
 def test_a_negative_seed_still_seeds_the_generator():
-    assert torch.equal(
-        zipf_token_ids(50, 10, seed=-3), zipf_token_ids(50, 10, seed=-3)
-    )
+    assert torch.equal(zipf_token_ids(50, 10, seed=-3), zipf_token_ids(50, 10, seed=-3))
 
 
 @pytest.mark.parametrize("text", [123, ["a", "b"]])
 def test_char_tokenizer_refuses_a_text_that_is_not_a_str(text):
-    with pytest.raises(
-        TypeError, match=f"text must be a str, got {type(text).__name__}"
-    ):
+    with pytest.raises(TypeError, match=f"text must be a str, got {type(text).__name__}"):
         CharTokenizer(text)
-    with pytest.raises(
-        TypeError, match=f"text must be a str, got {type(text).__name__}"
-    ):
+    with pytest.raises(TypeError, match=f"text must be a str, got {type(text).__name__}"):
         CharTokenizer("ab").encode(text)
 
 
@@ -286,7 +252,5 @@ def test_encode_refuses_merges_that_are_not_pairs_of_strings():
 
 
 def test_zipf_names_a_vocab_size_beyond_what_multinomial_draws_from():
-    with pytest.raises(
-        ValueError, match=r"vocab_size must be <= 2\*\*24 = 16777216"
-    ):
+    with pytest.raises(ValueError, match=r"vocab_size must be <= 2\*\*24 = 16777216"):
         zipf_token_ids(10, 2**24 + 1)

@@ -42,9 +42,7 @@ def test_seed_everything_refuses_a_seed_out_of_range(seed):
 
 def test_versions_names_python_torch_numpy_and_the_device():
     found = versions()
-    assert {"python", "torch", "numpy", "gradcourse", "device"} <= set(
-        found
-    )
+    assert {"python", "torch", "numpy", "gradcourse", "device"} <= set(found)
     assert found["torch"] == torch.__version__
 
 
@@ -74,9 +72,7 @@ def test_progress_yields_every_item():
     ]
 
 
-def test_progress_writes_one_final_line_when_the_book_build_asks(
-    monkeypatch, capsys
-):
+def test_progress_writes_one_final_line_when_the_book_build_asks(monkeypatch, capsys):
     monkeypatch.setenv(TEXT_PROGRESS_VARIABLE, "1")
     for _ in progress(range(3), desc="steps"):
         pass
@@ -85,9 +81,7 @@ def test_progress_writes_one_final_line_when_the_book_build_asks(
     assert written.startswith("steps: 100%") and "3/3" in written
 
 
-def test_progress_writes_the_final_line_to_the_file_asked_for(
-    monkeypatch, capsys
-):
+def test_progress_writes_the_final_line_to_the_file_asked_for(monkeypatch, capsys):
     import io
 
     monkeypatch.setenv(TEXT_PROGRESS_VARIABLE, "1")

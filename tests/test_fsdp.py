@@ -54,6 +54,10 @@ def test_a_nan_in_one_rank_is_raised_by_every_rank(mode):
     ranks = launch(nonfinite_checks, 2, mode, timeout=60)
     assert all(result["raised"] for result in ranks)
     assert len({(r["step"], r["parameter"]) for r in ranks}) == 1
+    if mode == "ddp":  # the averaged gradient is NaN on every rank: all raise before the step
+        assert [r["where"] for r in ranks] == ["record", "record"]
+    else:  # rank 1's own shard is bad: it raises before its step, rank 0 when the norms arrive
+        assert [r["where"] for r in ranks] == ["record_update", "record"]
 
 
 def test_a_half_sharded_model_is_refused_with_the_parameter_named():

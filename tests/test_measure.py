@@ -9,9 +9,7 @@ from gradcourse.measure import loglog_slope
 @pytest.mark.parametrize("exponent", [-1.0, 0.5, 2.0])
 def test_loglog_slope_recovers_the_exponent_of_a_power_law(exponent):
     x = torch.logspace(-3, 2, 20)
-    assert loglog_slope(x, 3.0 * x**exponent) == pytest.approx(
-        exponent, abs=1e-5
-    )
+    assert loglog_slope(x, 3.0 * x**exponent) == pytest.approx(exponent, abs=1e-5)
 
 
 def test_loglog_slope_refuses_a_non_positive_entry_and_names_it():
@@ -21,9 +19,7 @@ def test_loglog_slope_refuses_a_non_positive_entry_and_names_it():
 
 def test_loglog_slope_refuses_a_non_finite_entry():
     with pytest.raises(ValueError, match=r"x\[0\] = nan"):
-        loglog_slope(
-            torch.tensor([math.nan, 2.0]), torch.tensor([1.0, 2.0])
-        )
+        loglog_slope(torch.tensor([math.nan, 2.0]), torch.tensor([1.0, 2.0]))
 
 
 def test_loglog_slope_refuses_different_lengths():
@@ -59,7 +55,5 @@ def test_loglog_slope_refuses_equal_x_whose_log_mean_rounds():
 
 @pytest.mark.parametrize("dtype", [torch.complex64, torch.bool])
 def test_loglog_slope_refuses_values_that_are_not_real_numbers(dtype):
-    with pytest.raises(
-        TypeError, match=f"x must hold real numbers, got dtype {dtype}"
-    ):
+    with pytest.raises(TypeError, match=f"x must hold real numbers, got dtype {dtype}"):
         loglog_slope(torch.ones(2, dtype=dtype), torch.ones(2))

@@ -32,31 +32,20 @@ def test_logits_have_shape_batch_length_vocab():
 def test_tied_model_shares_one_storage_between_embedding_and_head():
     model = small(tie_weights=True)
     assert model.lm_head.weight is model.token_embedding.weight
-    assert len([p for p in model.parameters()]) == len(
-        set(map(id, model.parameters()))
-    )
+    assert len([p for p in model.parameters()]) == len(set(map(id, model.parameters())))
 
 
 def test_untied_model_has_separate_matrices():
     model = small(tie_weights=False)
-    assert (
-        model.lm_head.weight.data_ptr()
-        != model.token_embedding.weight.data_ptr()
-    )
-    tied_count = sum(
-        p.numel() for p in small(tie_weights=True).parameters()
-    )
-    assert (
-        sum(p.numel() for p in model.parameters()) - tied_count == 50 * 32
-    )
+    assert model.lm_head.weight.data_ptr() != model.token_embedding.weight.data_ptr()
+    tied_count = sum(p.numel() for p in small(tie_weights=True).parameters())
+    assert sum(p.numel() for p in model.parameters()) - tied_count == 50 * 32
 
 
 def test_sinusoidal_model_has_no_position_parameters():
     model = small(positional="sinusoidal")
     assert model.position_embedding is None
-    assert not any(
-        "position" in name for name, _ in model.named_parameters()
-    )
+    assert not any("position" in name for name, _ in model.named_parameters())
     assert model(torch.randint(0, 50, (2, 16))).shape == (2, 16, 50)
 
 
@@ -74,12 +63,8 @@ def test_a_future_token_does_not_change_earlier_logits(norm):
     token_ids = torch.randint(0, 50, (1, 12))
     changed = token_ids.clone()
     changed[0, 8] = (changed[0, 8] + 1) % 50
-    torch.testing.assert_close(
-        model(token_ids)[:, :8], model(changed)[:, :8]
-    )
-    assert not torch.allclose(
-        model(token_ids)[:, 8:], model(changed)[:, 8:]
-    )
+    torch.testing.assert_close(model(token_ids)[:, :8], model(changed)[:, :8])
+    assert not torch.allclose(model(token_ids)[:, 8:], model(changed)[:, 8:])
 
 
 def test_post_norm_model_has_no_final_norm_parameters():
@@ -94,13 +79,9 @@ def test_every_parameter_receives_a_gradient(norm):
     model = small(norm_placement=norm, tie_weights=False)
     token_ids = torch.randint(0, 50, (2, 16))
     logits = model(token_ids)
-    F.cross_entropy(
-        logits[:, :-1].reshape(-1, 50), token_ids[:, 1:].reshape(-1)
-    ).backward()
+    F.cross_entropy(logits[:, :-1].reshape(-1, 50), token_ids[:, 1:].reshape(-1)).backward()
     for name, parameter in model.named_parameters():
-        assert (
-            parameter.grad is not None and parameter.grad.abs().sum() > 0
-        ), name
+        assert parameter.grad is not None and parameter.grad.abs().sum() > 0, name
 
 
 def test_dropout_makes_training_mode_random_and_eval_mode_deterministic():
@@ -112,9 +93,7 @@ def test_dropout_makes_training_mode_random_and_eval_mode_deterministic():
 
 
 def test_a_sequence_longer_than_max_len_is_refused():
-    with pytest.raises(
-        ValueError, match="sequence length 17 exceeds max_len 16"
-    ):
+    with pytest.raises(ValueError, match="sequence length 17 exceeds max_len 16"):
         small()(torch.zeros(1, 17, dtype=torch.long))
 
 
@@ -175,9 +154,7 @@ def test_is_tied_is_false_for_different_views_of_one_storage():
 
 
 def test_is_tied_refuses_a_non_tensor():
-    with pytest.raises(
-        TypeError, match="second must be a tensor, got list"
-    ):
+    with pytest.raises(TypeError, match="second must be a tensor, got list"):
         is_tied(torch.zeros(2), [0.0, 0.0])
 
 
@@ -189,16 +166,11 @@ def test_is_tied_refuses_a_non_tensor():
         ("kaiming", (2 / 64) ** 0.5),
     ],
 )
-def test_mlp_initialisations_have_their_published_scale(
-    init, expected_std
-):
+def test_mlp_initialisations_have_their_published_scale(init, expected_std):
     torch.manual_seed(0)
     weight = MLP(3, 64, 64, 1, init=init).linears[1].weight
     assert weight.std().item() == pytest.approx(expected_std, rel=0.05)
-    assert (
-        torch.count_nonzero(MLP(3, 64, 64, 1, init=init).linears[1].bias)
-        == 0
-    )
+    assert torch.count_nonzero(MLP(3, 64, 64, 1, init=init).linears[1].bias) == 0
 
 
 @pytest.mark.parametrize("norm", [None, "batch", "layer", "weight"])
@@ -230,11 +202,7 @@ def test_mlp_refuses_bad_options():
 def test_rnn_cells_return_every_step(cell):
     rnn = RNN(3, 5, cell=cell, output_size=2)
     outputs, states = rnn(torch.randn(4, 6, 3), return_states=True)
-    assert (
-        outputs.shape == (4, 6, 2)
-        and len(states) == 6
-        and states[0].shape == (4, 5)
-    )
+    assert outputs.shape == (4, 6, 2) and len(states) == 6 and states[0].shape == (4, 5)
     assert rnn.recurrent_weight.shape[1] == 5
 
 
@@ -243,9 +211,7 @@ def test_vanilla_rnn_matches_its_equation():
     rnn = RNN(2, 3, activation="sigmoid")
     inputs = torch.randn(1, 2, 2)
     h1 = torch.sigmoid(rnn.input_weight(inputs[:, 0]))
-    h2 = torch.sigmoid(
-        rnn.input_weight(inputs[:, 1]) + h1 @ rnn.recurrent_weight.T
-    )
+    h2 = torch.sigmoid(rnn.input_weight(inputs[:, 1]) + h1 @ rnn.recurrent_weight.T)
     torch.testing.assert_close(rnn(inputs)[:, 1], h2)
 
 
@@ -274,9 +240,7 @@ def test_checkpointed_forward_gives_the_same_gradients():
 
 
 def test_checkpoint_every_refuses_a_negative_value():
-    with pytest.raises(
-        ValueError, match="checkpoint_every must be >= 0, got -1"
-    ):
+    with pytest.raises(ValueError, match="checkpoint_every must be >= 0, got -1"):
         small()(torch.zeros(1, 4, dtype=torch.long), checkpoint_every=-1)
 
 
@@ -294,9 +258,7 @@ def small_gpt(tie_weights: bool = True) -> TinyGPT:
 
 @pytest.mark.parametrize("bad_id", [10, 57, -1])
 def test_tinygpt_names_a_token_id_outside_the_vocabulary(bad_id):
-    with pytest.raises(
-        ValueError, match=f"token id {bad_id} is outside the vocabulary"
-    ):
+    with pytest.raises(ValueError, match=f"token id {bad_id} is outside the vocabulary"):
         small_gpt()(torch.tensor([[1, bad_id]]))
 
 
@@ -307,9 +269,7 @@ def test_tinygpt_refuses_an_empty_batch_or_sequence(shape):
 
 
 def test_tie_weights_must_be_a_bool():
-    with pytest.raises(
-        TypeError, match="tie_weights must be True or False, got 'no'"
-    ):
+    with pytest.raises(TypeError, match="tie_weights must be True or False, got 'no'"):
         TinyGPT(
             10,
             d_model=8,
@@ -321,9 +281,7 @@ def test_tie_weights_must_be_a_bool():
 
 
 def test_separate_meta_or_empty_tensors_are_not_tied():
-    assert not is_tied(
-        torch.empty(3, device="meta"), torch.empty(3, device="meta")
-    )
+    assert not is_tied(torch.empty(3, device="meta"), torch.empty(3, device="meta"))
     assert not is_tied(
         torch.nn.Parameter(torch.empty(0)),
         torch.nn.Parameter(torch.empty(0)),
@@ -340,9 +298,7 @@ def test_an_untied_checkpoint_is_refused_by_a_tied_model():
 
 
 def test_rnn_refuses_a_bad_output_size():
-    with pytest.raises(
-        ValueError, match="output_size must be >= 1, got -2"
-    ):
+    with pytest.raises(ValueError, match="output_size must be >= 1, got -2"):
         RNN(2, 4, output_size=-2)
 
 
@@ -365,9 +321,7 @@ def test_scaled_orthogonal_refuses_an_integer_weight_and_names_its_dtype():
 
 
 def test_scaled_orthogonal_refuses_a_list_with_a_type_error():
-    with pytest.raises(
-        TypeError, match="weight must be a tensor, got list"
-    ):
+    with pytest.raises(TypeError, match="weight must be a tensor, got list"):
         scaled_orthogonal_([[1.0]], 1.0)
 
 
@@ -378,9 +332,7 @@ class _Doubled(torch.nn.Module):
 
 def test_scaled_orthogonal_refuses_a_parametrised_weight_it_cannot_fill():
     rnn = RNN(2, 4)
-    torch.nn.utils.parametrize.register_parametrization(
-        rnn.recurrent, "weight", _Doubled()
-    )
+    torch.nn.utils.parametrize.register_parametrization(rnn.recurrent, "weight", _Doubled())
     with pytest.raises(ValueError, match="parametrised module's .weight"):
         scaled_orthogonal_(rnn.recurrent_weight, 3.0)
 
@@ -388,16 +340,12 @@ def test_scaled_orthogonal_refuses_a_parametrised_weight_it_cannot_fill():
 def test_scaled_orthogonal_fills_a_square_view_of_a_parameter():
     weight = torch.nn.Parameter(torch.randn(8, 4))
     scaled_orthogonal_(weight[:4], 2.0)
-    torch.testing.assert_close(
-        torch.linalg.svdvals(weight[:4].detach()), torch.full((4,), 2.0)
-    )
+    torch.testing.assert_close(torch.linalg.svdvals(weight[:4].detach()), torch.full((4,), 2.0))
 
 
 @pytest.mark.parametrize("cell", ["vanilla", "lstm"])
 def test_rnn_names_inputs_of_the_wrong_feature_size(cell):
-    with pytest.raises(
-        ValueError, match=r"\(batch, >= 1, 3\), got \(2, 5, 7\)"
-    ):
+    with pytest.raises(ValueError, match=r"\(batch, >= 1, 3\), got \(2, 5, 7\)"):
         RNN(3, 4, cell=cell)(torch.randn(2, 5, 7))
 
 
@@ -407,23 +355,17 @@ def test_rnn_refuses_a_sequence_of_no_steps():
 
 
 def test_rnn_refuses_inputs_that_are_not_a_tensor():
-    with pytest.raises(
-        TypeError, match="inputs must be a tensor, got list"
-    ):
+    with pytest.raises(TypeError, match="inputs must be a tensor, got list"):
         RNN(3, 4)([[[0.0, 0.0, 0.0]]])
 
 
 def test_mlp_names_inputs_of_the_wrong_feature_size():
-    with pytest.raises(
-        ValueError, match=r"\(N, input_size\) = \(N, 3\), got \(4, 5\)"
-    ):
+    with pytest.raises(ValueError, match=r"\(N, input_size\) = \(N, 3\), got \(4, 5\)"):
         MLP(3, 8, 3, 2)(torch.randn(4, 5))
 
 
 def test_mlp_refuses_a_residual_that_is_not_a_bool():
-    with pytest.raises(
-        TypeError, match="residual must be True or False, got 'no'"
-    ):
+    with pytest.raises(TypeError, match="residual must be True or False, got 'no'"):
         MLP(3, 8, 3, 2, residual="no")
 
 
@@ -435,18 +377,14 @@ def test_mlp_refuses_a_residual_that_is_not_a_bool():
         (4, 0, ValueError, "d_model"),
     ],
 )
-def test_sinusoidal_positions_refuses_a_bad_size(
-    max_len, d_model, error, name
-):
+def test_sinusoidal_positions_refuses_a_bad_size(max_len, d_model, error, name):
     with pytest.raises(error, match=name):
         sinusoidal_positions(max_len, d_model)
 
 
 @pytest.mark.parametrize("dropout", ["0.1", None])
 def test_a_dropout_that_is_not_a_number_is_refused_and_named(dropout):
-    with pytest.raises(
-        TypeError, match=f"dropout must be a number, got {dropout!r}"
-    ):
+    with pytest.raises(TypeError, match=f"dropout must be a number, got {dropout!r}"):
         TinyGPT(10, d_model=8, n_heads=2, dropout=dropout)
 
 

@@ -93,9 +93,7 @@ def test_close_stops_the_sentinel_and_the_module_locator(tiny_gpt, backward):
     assert monitor.history["steps"].tolist() == []
 
 
-@pytest.mark.parametrize(
-    "action", ["record", "record_update", "skip_step", "snapshot", "attach"]
-)
+@pytest.mark.parametrize("action", ["record", "record_update", "skip_step", "snapshot", "attach"])
 def test_a_closed_monitor_says_so_for_every_action(tiny_gpt, backward, action):
     model = tiny_gpt()
     monitor = GradientMonitor(model)

@@ -19,9 +19,7 @@ from gradcourse.plots import (  # noqa: E402
 def test_use_style_sets_the_palette():
     use_style()
     colors = matplotlib.rcParams["axes.prop_cycle"].by_key()["color"]
-    assert tuple(c.upper() for c in colors) == tuple(
-        c.upper() for c in PALETTE
-    )
+    assert tuple(c.upper() for c in colors) == tuple(c.upper() for c in PALETTE)
 
 
 def test_subplots_returns_one_axes_per_panel():
@@ -82,9 +80,7 @@ def test_layer_histograms_draws_one_labelled_panel_per_layer():
 
 
 def test_layer_histograms_log_magnitude_skips_zeros():
-    fig = layer_histograms(
-        {"w": torch.tensor([0.0, 1e-3, 1.0])}, log_magnitude=True, bins=2
-    )
+    fig = layer_histograms({"w": torch.tensor([0.0, 1e-3, 1.0])}, log_magnitude=True, bins=2)
     counts = sum(patch.get_height() for patch in fig.get_axes()[0].patches)
     assert counts == 2
     plt.close(fig)
@@ -113,9 +109,7 @@ def _history():
         for _ in range(3):
             optimizer.zero_grad()
             ids = torch.randint(0, 30, (2, 4))
-            F.cross_entropy(
-                model(ids).reshape(-1, 30), ids.reshape(-1)
-            ).backward()
+            F.cross_entropy(model(ids).reshape(-1, 30), ids.reshape(-1)).backward()
             optimizer.step()
     return monitor.history
 
@@ -140,9 +134,7 @@ def test_monitor_plots_label_their_axes():
 def test_histogram_over_time_names_an_unknown_layer():
     from gradcourse.plots import histogram_over_time
 
-    with pytest.raises(
-        ValueError, match="layer 'nope' is not in the history"
-    ):
+    with pytest.raises(ValueError, match="layer 'nope' is not in the history"):
         histogram_over_time(_history(), "nope")
 
 
@@ -217,9 +209,7 @@ def test_layer_histograms_leaves_out_non_finite_entries_and_says_so():
 
 
 def test_layer_histograms_refuses_a_complex_tensor():
-    with pytest.raises(
-        TypeError, match=r"values\['w'\] must hold real numbers"
-    ):
+    with pytest.raises(TypeError, match=r"values\['w'\] must hold real numbers"):
         layer_histograms({"w": torch.ones(3, dtype=torch.complex64)})
 
 

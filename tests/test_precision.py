@@ -27,9 +27,7 @@ def test_bfloat16_keeps_float32_range():
 
 
 def test_fate_refuses_a_bad_scale_and_empty_input():
-    with pytest.raises(
-        ValueError, match="scale must be a finite number > 0, got 0"
-    ):
+    with pytest.raises(ValueError, match="scale must be a finite number > 0, got 0"):
         low_precision_fate([torch.ones(2)], scale=0)
     with pytest.raises(ValueError, match="no nonzero gradient entry"):
         low_precision_fate([torch.zeros(3)])
@@ -46,12 +44,7 @@ def test_saved_tensor_bytes_counts_what_backward_needs():
 
 def test_saved_tensor_bytes_is_zero_without_autograd():
     with torch.no_grad():
-        assert (
-            saved_tensor_bytes(
-                lambda: torch.randn(5, 5) @ torch.randn(5, 5)
-            )[1]
-            == 0
-        )
+        assert saved_tensor_bytes(lambda: torch.randn(5, 5) @ torch.randn(5, 5))[1] == 0
 
 
 @pytest.mark.parametrize("scale", [True, "2"])
@@ -60,13 +53,9 @@ def test_fate_refuses_a_scale_that_is_not_a_number(scale):
         low_precision_fate([torch.ones(2)], scale=scale)
 
 
-@pytest.mark.parametrize(
-    "dtype", [torch.int8, torch.complex64, "float16", None]
-)
+@pytest.mark.parametrize("dtype", [torch.int8, torch.complex64, "float16", None])
 def test_fate_refuses_a_dtype_that_is_not_floating_point(dtype):
-    with pytest.raises(
-        TypeError, match=f"dtype must be a floating-point .*got {dtype!r}"
-    ):
+    with pytest.raises(TypeError, match=f"dtype must be a floating-point .*got {dtype!r}"):
         low_precision_fate([torch.ones(2)], dtype=dtype)
 
 

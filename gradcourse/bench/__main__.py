@@ -40,20 +40,13 @@ def main(argv: list[str] | None = None) -> int:
         default=8 * 1024,
         help="tokens per step (default: 8 x 1024)",
     )
-    bench.add_argument(
-        "--device", default="cuda" if torch.cuda.is_available() else "cpu"
-    )
-    bench.add_argument(
-        "--dtype", default="float32", choices=tuple(embedding.DTYPES)
-    )
-    bench.add_argument(
-        "--methods", nargs="+", default=list(METHODS), choices=METHODS
-    )
+    bench.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    bench.add_argument("--dtype", default="float32", choices=tuple(embedding.DTYPES))
+    bench.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     bench.add_argument("--rounds", type=int, default=10)
     watch = commands.add_parser(
         "monitor",
-        help="training-step time with no monitor, a naive one, "
-        "GradientMonitor",
+        help="training-step time with no monitor, a naive one, GradientMonitor",
     )
     watch.add_argument("--vocab", type=int, default=2000)
     watch.add_argument("--d-model", type=int, default=128)
@@ -61,10 +54,8 @@ def main(argv: list[str] | None = None) -> int:
     watch.add_argument("--heads", type=int, default=4)
     watch.add_argument("--length", type=int, default=128)
     watch.add_argument("--batch", type=int, default=8)
-    watch.add_argument(
-        "--device", default="cuda" if torch.cuda.is_available() else "cpu"
-    )
-    watch.add_argument("--rounds", type=int, default=60)
+    watch.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    watch.add_argument("--rounds", type=int, default=300)
     watch.add_argument(
         "--no-histograms",
         action="store_true",
@@ -90,9 +81,7 @@ def main(argv: list[str] | None = None) -> int:
         return _monitor(parser, args)
     for name in ("vocab", "dim", "tokens", "rounds"):
         if getattr(args, name) < 1:
-            parser.error(
-                f"--{name} must be >= 1, got {getattr(args, name)}"
-            )
+            parser.error(f"--{name} must be >= 1, got {getattr(args, name)}")
     try:
         rows, distinct_ids = embedding.run(
             args.vocab,
@@ -119,9 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _monitor(
-    parser: argparse.ArgumentParser, args: argparse.Namespace
-) -> int:
+def _monitor(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     for name in (
         "vocab",
         "d_model",
@@ -132,10 +119,7 @@ def _monitor(
         "rounds",
     ):
         if getattr(args, name) < 1:
-            parser.error(
-                f"--{name.replace('_', '-')} must be >= 1, got "
-                f"{getattr(args, name)}"
-            )
+            parser.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     if args.processes != 1:
         return _distributed_monitor(parser, args)
     try:
@@ -164,9 +148,7 @@ def _monitor(
     return 0
 
 
-def _distributed_monitor(
-    parser: argparse.ArgumentParser, args: argparse.Namespace
-) -> int:
+def _distributed_monitor(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     try:
         by_mode = distributed_monitor.run(
             args.processes,

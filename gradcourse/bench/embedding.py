@@ -43,9 +43,7 @@ class Row:
     def gigabytes_per_second(self) -> float | None:
         """Effective bandwidth; ``None`` for a view, whose bytes never
         moved."""
-        return (
-            None if self.is_view else self.bytes_moved / self.seconds / 1e9
-        )
+        return None if self.is_view else self.bytes_moved / self.seconds / 1e9
 
 
 def run(
@@ -62,39 +60,26 @@ def run(
     backward first), and the number of distinct ids among the ``tokens``
     (Zipfian, exponent 1)."""
     if dtype not in DTYPES:
-        raise ValueError(
-            f"dtype must be one of {tuple(DTYPES)}, got {dtype!r}"
-        )
+        raise ValueError(f"dtype must be one of {tuple(DTYPES)}, got {dtype!r}")
     unknown = [method for method in methods if method not in METHODS]
     if unknown:
-        raise ValueError(
-            f"unknown methods {unknown}; choose from {METHODS}"
-        )
+        raise ValueError(f"unknown methods {unknown}; choose from {METHODS}")
     device = torch.device(device)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(
-            "device 'cuda' was asked for, but CUDA is not available on "
-            "this machine"
-        )
+        raise ValueError("device 'cuda' was asked for, but CUDA is not available on this machine")
     torch_dtype = DTYPES[dtype]
     element = torch.finfo(torch_dtype).bits // 8
-    token_ids = zipf_token_ids(tokens, vocab, exponent=1.0, seed=seed).to(
-        device
-    )
+    token_ids = zipf_token_ids(tokens, vocab, exponent=1.0, seed=seed).to(device)
     generator = torch.Generator().manual_seed(seed)
     grad_output = torch.randn(tokens, dim, generator=generator).to(
         device=device, dtype=torch_dtype
     )
 
     def pytorch_dense() -> torch.Tensor:
-        return torch.ops.aten.embedding_dense_backward(
-            grad_output, token_ids, vocab, -1, False
-        )
+        return torch.ops.aten.embedding_dense_backward(grad_output, token_ids, vocab, -1, False)
 
     def pytorch_sparse() -> torch.Tensor:
-        return torch.ops.aten.embedding_sparse_backward(
-            grad_output, token_ids, vocab, -1, False
-        )
+        return torch.ops.aten.embedding_sparse_backward(grad_output, token_ids, vocab, -1, False)
 
     variants = {
         "pytorch dense": pytorch_dense,
@@ -105,14 +90,10 @@ def run(
         # with PyTorch's below: the kernels are timed without the range
         # check (a host sync) that embedding_backward makes on every call,
         # as PyTorch's own kernels are
-        variants[method] = lambda method=method: sum_rows(
-            grad_output, token_ids, vocab, method
-        )
+        variants[method] = lambda method=method: sum_rows(grad_output, token_ids, vocab, method)
 
     reference = pytorch_dense().double()
-    tolerance = (
-        1e-6 if torch_dtype in (torch.float32, torch.float64) else 5e-2
-    )
+    tolerance = 1e-6 if torch_dtype in (torch.float32, torch.float64) else 5e-2
     views = set()
     for name, variant in variants.items():
         result = variant()
@@ -130,9 +111,7 @@ def run(
             atol=tolerance * tokens**0.5,
             rtol=tolerance,
         ):
-            raise AssertionError(
-                f"{name}: gradient differs from PyTorch's dense backward"
-            )
+            raise AssertionError(f"{name}: gradient differs from PyTorch's dense backward")
 
     seconds = time_interleaved(variants, device, rounds=rounds)
     read_bytes = tokens * dim * element + tokens * token_ids.element_size()
@@ -167,14 +146,11 @@ def format_table(
     lines = [
         f"embedding backward: vocab {vocab}, dim {dim}, tokens {tokens} "
         f"({unique} distinct, Zipfian), {dtype} on {device}",
-        f"{'method':<30} {'median ms':>10} {'vs pytorch':>11} {'GB/s':>8} "
-        f"{'gradient bytes':>15}",
+        f"{'method':<30} {'median ms':>10} {'vs pytorch':>11} {'GB/s':>8} {'gradient bytes':>15}",
     ]
     for row in rows:
         bandwidth = (
-            "view"
-            if row.gigabytes_per_second is None
-            else f"{row.gigabytes_per_second:.2f}"
+            "view" if row.gigabytes_per_second is None else f"{row.gigabytes_per_second:.2f}"
         )
         lines.append(
             f"{row.name:<30} {row.seconds * 1e3:>10.3f} "

@@ -1,39 +1,28 @@
-"""Benchmark of gradient monitoring (Chapter 9): what it adds to a training
-step.
+"""Benchmark of gradient monitoring (Chapter 9): what it adds to a training step.
 
-One TinyGPT trains with AdamW on one batch; each round takes one step of
-each variant, in rotating order, so that drift hits all alike: no
-monitoring, the naive monitor (a per-parameter ``.norm().item()`` after
-backward: one device-to-host transfer per parameter) and
-:class:`~gradcourse.monitor.GradientMonitor` called explicitly (fused
-norms; histograms and update ratios every ``detail_every`` steps; one
-transfer). The same model and optimizer serve all three, so nothing but the
-monitoring differs.
+One TinyGPT trains with AdamW on one batch; each round takes one step of each variant, in a fresh
+random order: no monitoring (twice: ``no monitor, again`` is an A/A row that shows what the
+machine resolves), the naive monitor (a per-parameter ``.norm().item()`` after backward: one
+device-to-host transfer per parameter) and :class:`~gradcourse.monitor.GradientMonitor` called
+explicitly (fused norms; histograms and update ratios every ``detail_every`` steps; one
+transfer). The same model and optimizer serve every variant, so nothing but the monitoring
+differs. Each overhead comes with a 95% interval (:func:`~gradcourse.bench.timing.rows`).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 
-from gradcourse.bench.timing import time_interleaved
+from gradcourse.bench.timing import Row, format_rows, rows, steady_allocator, time_rounds
 from gradcourse.models import TinyGPT
 from gradcourse.monitor import GradientMonitor
 
-VARIANTS = (
-    "no monitor",
-    "naive: .norm().item() per parameter",
-    "GradientMonitor",
-)
+BASELINE, AGAIN = "no monitor", "no monitor, again"
+NAIVE, MONITORED = "naive: .norm().item() per parameter", "GradientMonitor"
+VARIANTS = (BASELINE, AGAIN, NAIVE, MONITORED)
 
-
-@dataclass
-class Row:
-    name: str
-    seconds: float
-    overhead: float  # seconds / no-monitor seconds - 1
+__all__ = ["Row", "VARIANTS", "format_table", "run"]
 
 
 def run(
@@ -44,71 +33,47 @@ def run(
     length: int = 128,
     batch: int = 8,
     device: str | torch.device = "cpu",
-    rounds: int = 60,
+    rounds: int = 300,
     histograms: bool = True,
     seed: int = 0,
 ) -> list[Row]:
-    """Median seconds per training step of each variant (see the module
-    docstring)."""
+    """Median seconds per training step of each variant, and each one's overhead over ``no
+    monitor`` with a 95% interval (see the module docstring).
+
+    Raises:
+        ValueError: CUDA was asked for and is not available.
+    """
     device = torch.device(device)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(
-            "device 'cuda' was asked for, but CUDA is not available on "
-            "this machine"
-        )
+        raise ValueError("device 'cuda' was asked for, but CUDA is not available on this machine")
+    if device.type == "cpu":
+        steady_allocator()
     generator = torch.Generator().manual_seed(seed)
-    token_ids = torch.randint(
-        0, vocab, (batch, length + 1), generator=generator
-    ).to(device)
+    token_ids = torch.randint(0, vocab, (batch, length + 1), generator=generator).to(device)
     inputs, targets = token_ids[:, :-1], token_ids[:, 1:]
     torch.manual_seed(seed)
-    model = TinyGPT(vocab, d_model, layers, heads, max_len=length).to(
-        device
-    )
+    model = TinyGPT(vocab, d_model, layers, heads, max_len=length).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    # record() is called explicitly below
-    monitor = GradientMonitor(model, histograms=histograms)
+    monitor = GradientMonitor(model, histograms=histograms)  # record() is called explicitly
 
     def step(watch: str) -> None:
         optimizer.zero_grad(set_to_none=True)
-        F.cross_entropy(
-            model(inputs).reshape(-1, vocab), targets.reshape(-1)
-        ).backward()
-        if watch == "naive":
-            [
-                parameter.grad.norm().item()
-                for parameter in model.parameters()
-            ]
-        elif watch == "monitor":
+        F.cross_entropy(model(inputs).reshape(-1, vocab), targets.reshape(-1)).backward()
+        if watch == NAIVE:
+            [parameter.grad.norm().item() for parameter in model.parameters()]
+        elif watch == MONITORED:
             monitor.record()
         optimizer.step()
-        if watch == "monitor":
+        if watch == MONITORED:
             monitor.record_update()
 
-    kinds = dict(zip(VARIANTS, ("none", "naive", "monitor")))
-    seconds = time_interleaved(
-        {
-            name: lambda kind=kind: step(kind)
-            for name, kind in kinds.items()
-        },
-        device,
-        rounds=rounds,
+    samples = time_rounds(
+        {name: lambda name=name: step(name) for name in VARIANTS}, device, rounds=rounds, seed=seed
     )
     monitor.close()
-    return [
-        Row(name, seconds[name], seconds[name] / seconds["no monitor"] - 1)
-        for name in VARIANTS
-    ]
+    return rows(samples, BASELINE)
 
 
-def format_table(rows: list[Row], description: str) -> str:
-    lines = [
-        f"gradient monitoring: {description}",
-        f"{'variant':<40} {'median ms/step':>15} {'overhead':>9}",
-    ]
-    for row in rows:
-        lines.append(
-            f"{row.name:<40} {row.seconds * 1e3:>15.2f} "
-            f"{100 * row.overhead:>8.1f}%"
-        )
-    return "\n".join(lines)
+def format_table(table: list[Row], description: str) -> str:
+    """The rows as text, titled ``gradient monitoring: <description>``."""
+    return format_rows(table, f"gradient monitoring: {description}")

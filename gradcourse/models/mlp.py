@@ -92,34 +92,23 @@ class MLP(nn.Module):
         check_choice("normalization", normalization, NORMALIZATIONS)
         check_number("residual_scale", residual_scale)
         if not isinstance(residual, bool):
-            raise TypeError(
-                f"residual must be True or False, got {residual!r}"
-            )
+            raise TypeError(f"residual must be True or False, got {residual!r}")
         sizes = [input_size] + [width] * (depth - 1) + [output_size]
-        self.linears = nn.ModuleList(
-            nn.Linear(a, b) for a, b in zip(sizes, sizes[1:])
-        )
+        self.linears = nn.ModuleList(nn.Linear(a, b) for a, b in zip(sizes, sizes[1:]))
         for layer in self.linears:
             _init_linear(layer, init)
             if normalization == "weight":
                 nn.utils.parametrizations.weight_norm(layer)
-        norm_class = {"batch": nn.BatchNorm1d, "layer": nn.LayerNorm}.get(
-            normalization, None
-        )
+        norm_class = {"batch": nn.BatchNorm1d, "layer": nn.LayerNorm}.get(normalization, None)
         self.norms = nn.ModuleList(
-            norm_class(width) if norm_class else nn.Identity()
-            for _ in range(depth - 1)
+            norm_class(width) if norm_class else nn.Identity() for _ in range(depth - 1)
         )
         self.activation = ACTIVATIONS[activation]()
         self.residual, self.residual_scale = residual, residual_scale
 
-    def forward(
-        self, inputs: torch.Tensor, return_pre_activations: bool = False
-    ):
+    def forward(self, inputs: torch.Tensor, return_pre_activations: bool = False):
         if not isinstance(inputs, torch.Tensor):
-            raise TypeError(
-                f"inputs must be a tensor, got {type(inputs).__name__}"
-            )
+            raise TypeError(f"inputs must be a tensor, got {type(inputs).__name__}")
         input_size = self.linears[0].in_features
         if inputs.dim() == 0 or inputs.shape[-1] != input_size:
             raise ValueError(
@@ -136,10 +125,6 @@ class MLP(nn.Module):
             update = self.activation(self.norms[index](pre_activation))
             is_square = 0 < index < len(self.linears) - 1
             hidden = (
-                hidden + self.residual_scale * update
-                if self.residual and is_square
-                else update
+                hidden + self.residual_scale * update if self.residual and is_square else update
             )
-        return (
-            (hidden, pre_activations) if return_pre_activations else hidden
-        )
+        return (hidden, pre_activations) if return_pre_activations else hidden

@@ -44,18 +44,11 @@ def scaled_orthogonal_(weight: torch.Tensor, scale: float) -> torch.Tensor:
             that filling it would change nothing.
     """
     if not isinstance(weight, torch.Tensor):
-        raise TypeError(
-            f"weight must be a tensor, got {type(weight).__name__}"
-        )
+        raise TypeError(f"weight must be a tensor, got {type(weight).__name__}")
     if weight.dim() != 2 or weight.shape[0] != weight.shape[1]:
-        raise ValueError(
-            f"weight must be a square matrix, got {weight.shape!r}"
-        )
+        raise ValueError(f"weight must be a square matrix, got {weight.shape!r}")
     if not (weight.is_floating_point() or weight.is_complex()):
-        raise TypeError(
-            "weight must be floating point or complex, got dtype "
-            f"{weight.dtype}"
-        )
+        raise TypeError(f"weight must be floating point or complex, got dtype {weight.dtype}")
     if weight.grad_fn is not None and weight._base is None:
         raise ValueError(
             "weight is computed from other tensors (grad_fn "
@@ -64,14 +57,8 @@ def scaled_orthogonal_(weight: torch.Tensor, scale: float) -> torch.Tensor:
             "nothing; fill the parameter it is computed from"
         )
     check_number("scale", scale)
-    draw_dtype = (
-        torch.float32
-        if weight.dtype in (torch.float16, torch.bfloat16)
-        else weight.dtype
-    )
-    orthogonal, _ = torch.linalg.qr(
-        torch.randn(weight.shape, dtype=draw_dtype)
-    )
+    draw_dtype = torch.float32 if weight.dtype in (torch.float16, torch.bfloat16) else weight.dtype
+    orthogonal, _ = torch.linalg.qr(torch.randn(weight.shape, dtype=draw_dtype))
     with torch.no_grad():
         weight.copy_(scale * orthogonal.to(weight.device))
     return weight
@@ -110,8 +97,7 @@ class RNN(nn.Module):
         check_choice("cell", cell, CELLS)
         if cell != "vanilla" and activation != "tanh":
             raise ValueError(
-                f"a {cell} cell has its own gates: activation must be "
-                f"'tanh', got {activation!r}"
+                f"a {cell} cell has its own gates: activation must be 'tanh', got {activation!r}"
             )
         if output_size is not None:
             check_positive_int("output_size", output_size)
@@ -122,42 +108,22 @@ class RNN(nn.Module):
         )
         if cell == "vanilla":
             self.input_weight = nn.Linear(input_size, hidden_size)
-            self.recurrent = nn.Linear(
-                hidden_size, hidden_size, bias=False
-            )
+            self.recurrent = nn.Linear(hidden_size, hidden_size, bias=False)
         else:
-            self.cell = (nn.LSTMCell if cell == "lstm" else nn.GRUCell)(
-                input_size, hidden_size
-            )
-        self.readout = (
-            nn.Linear(hidden_size, output_size)
-            if output_size is not None
-            else None
-        )
+            self.cell = (nn.LSTMCell if cell == "lstm" else nn.GRUCell)(input_size, hidden_size)
+        self.readout = nn.Linear(hidden_size, output_size) if output_size is not None else None
 
     @property
     def recurrent_weight(self) -> nn.Parameter:
-        return (
-            self.recurrent.weight
-            if self.cell_type == "vanilla"
-            else self.cell.weight_hh
-        )
+        return self.recurrent.weight if self.cell_type == "vanilla" else self.cell.weight_hh
 
     def forward(self, inputs: torch.Tensor, return_states: bool = False):
         if not isinstance(inputs, torch.Tensor):
-            raise TypeError(
-                f"inputs must be a tensor, got {type(inputs).__name__}"
-            )
+            raise TypeError(f"inputs must be a tensor, got {type(inputs).__name__}")
         input_size = (
-            self.input_weight.in_features
-            if self.cell_type == "vanilla"
-            else self.cell.input_size
+            self.input_weight.in_features if self.cell_type == "vanilla" else self.cell.input_size
         )
-        if (
-            inputs.dim() != 3
-            or inputs.shape[1] == 0
-            or inputs.shape[2] != input_size
-        ):
+        if inputs.dim() != 3 or inputs.shape[1] == 0 or inputs.shape[2] != input_size:
             raise ValueError(
                 "inputs must have shape (batch, time, input_size) = "
                 f"(batch, >= 1, {input_size}), got {tuple(inputs.shape)}"
@@ -169,18 +135,13 @@ class RNN(nn.Module):
         for step in range(inputs.shape[1]):
             if self.cell_type == "vanilla":
                 hidden = RNN_ACTIVATIONS[self.activation](
-                    self.input_weight(inputs[:, step])
-                    + self.recurrent(hidden)
+                    self.input_weight(inputs[:, step]) + self.recurrent(hidden)
                 )
             elif self.cell_type == "lstm":
-                hidden, memory = self.cell(
-                    inputs[:, step], (hidden, memory)
-                )
+                hidden, memory = self.cell(inputs[:, step], (hidden, memory))
             else:
                 hidden = self.cell(inputs[:, step], hidden)
             states.append(hidden)
         stacked = torch.stack(states, dim=1)
-        outputs = (
-            self.readout(stacked) if self.readout is not None else stacked
-        )
+        outputs = self.readout(stacked) if self.readout is not None else stacked
         return (outputs, states) if return_states else outputs

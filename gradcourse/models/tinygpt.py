@@ -36,8 +36,7 @@ def sinusoidal_positions(max_len: int, d_model: int) -> torch.Tensor:
     check_positive_int("d_model", d_model)
     positions = torch.arange(max_len, dtype=torch.float32).unsqueeze(1)
     frequencies = torch.exp(
-        torch.arange(0, d_model, 2, dtype=torch.float32)
-        * (-math.log(10000.0) / d_model)
+        torch.arange(0, d_model, 2, dtype=torch.float32) * (-math.log(10000.0) / d_model)
     )
     table = torch.zeros(max_len, d_model)
     table[:, 0::2] = torch.sin(positions * frequencies)
@@ -60,10 +59,7 @@ class CausalSelfAttention(nn.Module):
         batch, length, d_model = hidden.shape
         q, k, v = self.qkv(hidden).split(d_model, dim=2)
         # (B, H, T, d)
-        q, k, v = (
-            t.view(batch, length, self.n_heads, -1).transpose(1, 2)
-            for t in (q, k, v)
-        )
+        q, k, v = (t.view(batch, length, self.n_heads, -1).transpose(1, 2) for t in (q, k, v))
         attended = F.scaled_dot_product_attention(
             q,
             k,
@@ -71,9 +67,7 @@ class CausalSelfAttention(nn.Module):
             is_causal=True,
             dropout_p=self.dropout if self.training else 0.0,
         )
-        return self.proj(
-            attended.transpose(1, 2).reshape(batch, length, d_model)
-        )
+        return self.proj(attended.transpose(1, 2).reshape(batch, length, d_model))
 
 
 class Block(nn.Module):
@@ -161,25 +155,18 @@ class TinyGPT(nn.Module):
         ):
             check_positive_int(name, value)
         if d_model % n_heads:
-            raise ValueError(
-                f"d_model ({d_model}) must be divisible by n_heads "
-                f"({n_heads})"
-            )
+            raise ValueError(f"d_model ({d_model}) must be divisible by n_heads ({n_heads})")
         check_choice("positional", positional, POSITIONAL)
         check_choice("norm_placement", norm_placement, NORM_PLACEMENTS)
         check_number("dropout", dropout, minimum=0)
         if not dropout < 1:
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
         if not isinstance(tie_weights, bool):
-            raise TypeError(
-                f"tie_weights must be True or False, got {tie_weights!r}"
-            )
+            raise TypeError(f"tie_weights must be True or False, got {tie_weights!r}")
         self.vocab_size, self.max_len = vocab_size, max_len
         self.token_embedding = nn.Embedding(vocab_size, d_model)
         if positional == "learned":
-            self.position_embedding: nn.Embedding | None = nn.Embedding(
-                max_len, d_model
-            )
+            self.position_embedding: nn.Embedding | None = nn.Embedding(max_len, d_model)
         else:
             self.position_embedding = None
             self.register_buffer(
@@ -189,25 +176,18 @@ class TinyGPT(nn.Module):
             )
         self.dropout = nn.Dropout(dropout)
         self.blocks = nn.ModuleList(
-            Block(d_model, n_heads, norm_placement, dropout)
-            for _ in range(n_layers)
+            Block(d_model, n_heads, norm_placement, dropout) for _ in range(n_layers)
         )
         self.final_norm: nn.Module = (
-            nn.LayerNorm(d_model)
-            if norm_placement == "pre"
-            else nn.Identity()
+            nn.LayerNorm(d_model) if norm_placement == "pre" else nn.Identity()
         )
         self.lm_head = nn.Linear(d_model, vocab_size, bias=False)
         self.apply(self._init_weights)
         if tie_weights:
             self.lm_head.weight = self.token_embedding.weight
-        self._register_load_state_dict_pre_hook(
-            self._refuse_untied_checkpoint
-        )
+        self._register_load_state_dict_pre_hook(self._refuse_untied_checkpoint)
 
-    def _refuse_untied_checkpoint(
-        self, state_dict: dict, prefix: str, *args
-    ) -> None:
+    def _refuse_untied_checkpoint(self, state_dict: dict, prefix: str, *args) -> None:
         # Loading writes lm_head.weight after token_embedding.weight; into
         # one shared tensor, an untied checkpoint's head would silently
         # overwrite its embedding.
@@ -241,22 +221,15 @@ class TinyGPT(nn.Module):
         smallest, largest = torch.stack(torch.aminmax(token_ids)).tolist()
         if smallest < 0 or largest >= self.vocab_size:
             bad = smallest if smallest < 0 else largest
-            raise ValueError(
-                f"token id {bad} is outside the vocabulary [0, "
-                f"{self.vocab_size})"
-            )
+            raise ValueError(f"token id {bad} is outside the vocabulary [0, {self.vocab_size})")
 
-    def forward(
-        self, token_ids: torch.Tensor, checkpoint_every: int = 0
-    ) -> torch.Tensor:
+    def forward(self, token_ids: torch.Tensor, checkpoint_every: int = 0) -> torch.Tensor:
         """``checkpoint_every=k > 0`` runs each group of ``k`` blocks under
         non-reentrant activation
         checkpointing (Chapter 10): only the group's input is kept, and its
         activations are recomputed during backward."""
         check_int("checkpoint_every", checkpoint_every, minimum=0)
-        check_int_tensor(
-            "token_ids", token_ids, (torch.int64, torch.int32)
-        )
+        check_int_tensor("token_ids", token_ids, (torch.int64, torch.int32))
         if token_ids.dim() != 2 or 0 in token_ids.shape:
             raise ValueError(
                 "token_ids must have shape (batch, length), got "
@@ -264,16 +237,11 @@ class TinyGPT(nn.Module):
             )
         length = token_ids.shape[1]
         if length > self.max_len:
-            raise ValueError(
-                f"sequence length {length} exceeds max_len {self.max_len}"
-            )
+            raise ValueError(f"sequence length {length} exceeds max_len {self.max_len}")
         # one host sync; skipped inside torch.func transforms (vmap reads
         # no values), where the embedding kernel still refuses a bad id,
         # and for meta ids, which have no values
-        if (
-            torch._C._functorch.peek_interpreter_stack() is None
-            and not token_ids.is_meta
-        ):
+        if torch._C._functorch.peek_interpreter_stack() is None and not token_ids.is_meta:
             self._check_id_range(token_ids)
         hidden = self.token_embedding(token_ids)
         if self.position_embedding is not None:
@@ -294,9 +262,7 @@ class TinyGPT(nn.Module):
         return self.lm_head(self.final_norm(hidden))
 
 
-def _run_blocks(
-    blocks: nn.ModuleList, hidden: torch.Tensor
-) -> torch.Tensor:
+def _run_blocks(blocks: nn.ModuleList, hidden: torch.Tensor) -> torch.Tensor:
     for block in blocks:
         hidden = block(hidden)
     return hidden
@@ -318,24 +284,16 @@ def is_tied(first: torch.Tensor, second: torch.Tensor) -> bool:
     """
     for name, tensor in (("first", first), ("second", second)):
         if not isinstance(tensor, torch.Tensor):
-            raise TypeError(
-                f"{name} must be a tensor, got {type(tensor).__name__}"
-            )
+            raise TypeError(f"{name} must be a tensor, got {type(tensor).__name__}")
     if first is second:
         return True
-    if (
-        first.is_meta
-        or second.is_meta
-        or first.numel() == 0
-        or second.numel() == 0
-    ):
+    if first.is_meta or second.is_meta or first.numel() == 0 or second.numel() == 0:
         # no memory to share: separate meta or empty tensors are not tied
         return False
     return (
         first.device == second.device
         and first.dtype == second.dtype
-        and first.untyped_storage().data_ptr()
-        == second.untyped_storage().data_ptr()
+        and first.untyped_storage().data_ptr() == second.untyped_storage().data_ptr()
         and first.storage_offset() == second.storage_offset()
         and first.shape == second.shape
         and first.stride() == second.stride()

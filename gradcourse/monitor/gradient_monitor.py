@@ -4,34 +4,24 @@ life of a training step.
 Taught in: Chapter 9. A step is *recorded* (:meth:`GradientMonitor.record`, after ``backward()``,
 before clipping) and then *ended*, by an optimizer update (:meth:`GradientMonitor.record_update`),
 by a skip (:meth:`GradientMonitor.skip_step`), by a non-finite gradient that raises, or by the next
-``record()`` when nothing else ended it. ``_end_step`` is the one place where a step ends.
+``record()`` when nothing else ended it. ``_end_step`` is the one place where a step ends, and
+``_refuse_if_closed`` the one guard of a closed monitor.
 """
 
 from __future__ import annotations
-
-import math
-import weakref
 
 import numpy as np
 import torch
 import torch.nn as nn
 
-from gradcourse._validate import check_choice, check_int, check_positive_int
 from gradcourse.monitor.export import log_history
 from gradcourse.monitor.history import History
-from gradcourse.monitor.layout import GROUP_BY, Layout
-from gradcourse.monitor.nonfinite import (
-    IN_PARAMETER_GRADIENT,
-    ModuleLocator,
-    NonFiniteGradientError,
-)
-from gradcourse.monitor.packet import Packet
-from gradcourse.monitor.sentinel import ZeroGradSentinel
-from gradcourse.monitor.statistics import histogram_counts, squared_norms
+from gradcourse.monitor.hooks import hook_optimizer
+from gradcourse.monitor.nonfinite import NonFiniteGradientError
+from gradcourse.monitor.options import MonitorOptions
+from gradcourse.monitor.recorder import Frame, Recorder
 from gradcourse.monitor.updates import UpdateTracker
-from gradcourse.sharding import local, sharding_group
-
-ON_NONFINITE = ("raise", "report")
+from gradcourse.monitor.watched import Watched
 
 
 class GradientMonitor:
@@ -57,12 +47,18 @@ class GradientMonitor:
         update_ratios: record ``||w_after - w_before|| / ||w_before||`` per layer on detailed steps
             (keeps one copy of the trainable weights, reused).
         on_nonfinite: ``"raise"`` a :class:`NonFiniteGradientError` before the optimizer step, or
-            ``"report"`` it in :attr:`nonfinite_events` and go on.
+            ``"report"`` it in :attr:`nonfinite_events` and go on. Under FSDP2, ``"raise"`` lets
+            the ranks run on to the optimizer step without waiting for each other: a rank whose
+            own shard is non-finite raises before its step, the others when the combined norms
+            arrive, in :meth:`record_update` (their shards were finite: their steps were sound).
         find_module: also watch the gradients at the inputs and outputs of every leaf module, to
             name the module that produced the first non-finite value (a check per module per
             step: for debugging). Works with or without :meth:`attach`.
-        start_step: the number of the first step (a resumed run's global step): ``every`` and
-            ``detail_every`` count from 0 all the same.
+        start_step: the number of the first step (a resumed run's global step); ``every`` and
+            ``detail_every`` pick the same step numbers as in a run that started at 0.
+
+    The options, checked, are :attr:`options` (a
+    :class:`~gradcourse.monitor.options.MonitorOptions`).
 
     Raises:
         TypeError / ValueError: a bad argument, named in the message; a model with no trainable
@@ -86,65 +82,66 @@ class GradientMonitor:
         find_module: bool = False,
         start_step: int = 0,
     ) -> None:
-        check_int("start_step", start_step, minimum=0)
-        _check_arguments(model, optimizer, every, detail_every, bins, group_by, on_nonfinite)
-        flags = {
-            "histograms": histograms,
-            "log_magnitude": log_magnitude,
-            "update_ratios": update_ratios,
-            "find_module": find_module,
-        }
-        for name, value in flags.items():
-            if not isinstance(value, bool):
-                raise TypeError(f"{name} must be True or False, got {value!r}")
-        default_range = (-10.0, 1.0) if log_magnitude else (-1e-2, 1e-2)
-        self.histogram_range = _checked_range(histogram_range or default_range)
-        self.model, self.optimizer = model, optimizer
-        self.every, self.detail_every, self.bins = every, detail_every, bins
-        self.group_by, self.on_nonfinite = group_by, on_nonfinite
-        self.histograms, self.log_magnitude = histograms, log_magnitude
-        self.update_ratios, self.find_module = update_ratios, find_module
-        self._layout = Layout.of(model, group_by)
-        if not self._layout.names:
-            raise ValueError(f"model {type(model).__name__} has no trainable parameter to monitor")
-        self._device = local(self._layout.parameters[0]).device
-        self._group = sharding_group(self._layout.parameters, self._layout.names)
-        self._history = History(bins, self.histogram_range, histograms, log_magnitude)
-        self._columns = self._history.columns(self._layout.layer_names)
-        self._ever_trainable = set(self._layout.names)
-        self._updates = UpdateTracker(self._device) if update_ratios else None
-        self._locator = ModuleLocator(model) if find_module else None
-        self._sentinel = self._new_sentinel()
-        self.step = self._start_step = start_step  # the current step's number
-        self.transfers = 0  # device-to-host transfers made: one per recorded step
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
+            raise TypeError(
+                "optimizer must be a torch.optim.Optimizer or None, got "
+                f"{type(optimizer).__name__}"
+            )
+        self.options = MonitorOptions.checked(
+            every=every,
+            group_by=group_by,
+            histograms=histograms,
+            detail_every=detail_every,
+            bins=bins,
+            histogram_range=histogram_range,
+            log_magnitude=log_magnitude,
+            update_ratios=update_ratios,
+            on_nonfinite=on_nonfinite,
+            find_module=find_module,
+            start_step=start_step,
+        )
+        self.optimizer = optimizer
+        opt = self.options
+        self._history = History(opt.bins, opt.histogram_range, opt.histograms, opt.log_magnitude)
+        self._watched = Watched(model, optimizer, opt.group_by, opt.find_module, self._history)
+        device = self._watched.device
+        self._updates = UpdateTracker(device) if opt.update_ratios else None
+        self._recorder = Recorder(self._watched, opt, self._history, self._updates)
+        self.step = self._start_step = opt.start_step  # the current step's number
         self._recorded = False  # the current step was recorded
-        self._snapshot: tuple[int, Layout, dict] | None = None
-        self._hooks: list = []
-        self._finalizer = weakref.finalize(self, _remove_all, self._hooks)
+        self._snapshot: tuple[int, object, dict] | None = None
+        self._unhook = None  # removes the optimizer hooks (monitor.hooks)
         self._attached = self._closed = False
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else f"step {self.step}"
+        layout = self._watched.layout
         return (
-            f"GradientMonitor({len(self._layout.names)} parameters in "
-            f"{len(self._layout.layer_names)} layers, {state})"
+            f"GradientMonitor({len(layout.names)} parameters in {len(layout.layer_names)} "
+            f"layers, {state})"
         )
 
     # --- what is watched ------------------------------------------------------------------------
     @property
+    def model(self) -> nn.Module | None:
+        return self._watched.model
+
+    @property
     def parameter_names(self) -> list[str]:
         """The trainable parameters watched now (tied ones once)."""
-        return list(self._layout.names)
+        return list(self._watched.layout.names)
 
     @property
     def layer_names(self) -> list[str]:
         """The layers watched now (``history["layer_names"]`` also keeps earlier ones)."""
-        return list(self._layout.layer_names)
+        return list(self._watched.layout.layer_names)
 
     @property
     def frozen_parameter_names(self) -> list[str]:
         """Parameters with ``requires_grad=False`` that were never trainable when recorded."""
-        return [name for name in self._layout.frozen if name not in self._ever_trainable]
+        return self._watched.frozen
 
     @property
     def nonfinite_events(self) -> list[dict]:
@@ -154,46 +151,13 @@ class GradientMonitor:
     def skipped_steps(self) -> list[int]:
         return self._history.skipped_steps
 
-    def _new_sentinel(self) -> ZeroGradSentinel | None:
-        """Watch the smallest trainable parameter (one the optimizer holds, if it is known). Not
-        under FSDP2, where ``.grad`` is a sharded tensor that FSDP itself manages."""
-        if self._group is not None:
-            return None
-        held = None
-        if self.optimizer is not None:
-            held = {id(p) for group in self.optimizer.param_groups for p in group["params"]}
-        candidates = [
-            (p.numel(), name, p)
-            for name, p in zip(self._layout.names, self._layout.parameters)
-            if p.numel() and (held is None or id(p) in held)
-        ]
-        if not candidates:
-            return None
-        _, name, parameter = min(candidates, key=lambda candidate: candidate[0])
-        return ZeroGradSentinel(parameter, name, self._device)
-
-    def _refresh_layout(self) -> None:
-        """Follow parameters added, frozen, unfrozen or replaced since the last recorded step."""
-        if self._layout.is_current(self.model):
-            return
-        layout = Layout.of(self.model, self.group_by)
-        if not layout.names:
-            raise ValueError(
-                f"model {type(self.model).__name__} has no trainable parameter left to monitor"
-            )
-        self._layout, self._snapshot = layout, None
-        self._group = sharding_group(layout.parameters, layout.names)
-        self._columns = self._history.columns(layout.layer_names)
-        self._ever_trainable |= set(layout.names)
-        if self._updates is not None:
-            self._updates.forget()  # measured on other parameters
-        if self._locator is not None:
-            self._locator.refresh(self.model)
-        watched = self._sentinel._parameter if self._sentinel is not None else None
-        if not any(p is watched for p in layout.parameters):
-            if self._sentinel is not None:
-                self._sentinel.close()
-            self._sentinel = self._new_sentinel()
+    @property
+    def transfers(self) -> int:
+        """Device-to-host transfers made by recording: one per recorded step; one more on a step
+        whose float32 norms had to be recomputed in float64; two under FSDP2 with
+        ``on_nonfinite="raise"`` (this rank's norms before the optimizer step, the combined ones
+        after it)."""
+        return self._recorder.transfers
 
     # --- attaching and closing ------------------------------------------------------------------
     def attach(self) -> GradientMonitor:
@@ -205,20 +169,7 @@ class GradientMonitor:
             raise RuntimeError("GradientMonitor is already attached")
         self._attached = True
         if self.optimizer is not None:
-            own = weakref.ref(self)
-
-            def before_step(*_: object) -> None:
-                monitor = own()
-                if monitor is not None and not monitor._recorded:
-                    monitor.record()
-
-            def after_step(*_: object) -> None:
-                monitor = own()
-                if monitor is not None:
-                    monitor.record_update()
-
-            self._hooks.append(self.optimizer.register_step_pre_hook(before_step))
-            self._hooks.append(self.optimizer.register_step_post_hook(after_step))
+            self._unhook = hook_optimizer(self, self.optimizer)
         return self
 
     def close(self) -> None:
@@ -227,16 +178,15 @@ class GradientMonitor:
         on. Closing twice is allowed."""
         if self._closed:
             return
-        self._flush_update()
+        self._finish_in_flight(raise_error=False)
+        self._recorder.flush_update()
         self._closed = True
-        self._finalizer()
-        for part in (self._sentinel, self._locator):
-            if part is not None:
-                part.close()
+        if self._unhook is not None:
+            self._unhook()
+        self._watched.close()
         if self._updates is not None:
             self._updates.release()
-        self._sentinel = self._locator = self._snapshot = None
-        self.model = self.optimizer = None
+        self._snapshot, self.optimizer = None, None
 
     @property
     def closed(self) -> bool:
@@ -262,6 +212,7 @@ class GradientMonitor:
             )
 
     # --- a step's life --------------------------------------------------------------------------
+    @torch.no_grad()
     def record(self, *, overflow_expected: bool = False) -> bool:
         """Record the current gradients as this step's (call after ``backward()``, before
         clipping if the pre-clipping norm is wanted). Returns whether every gradient entry was
@@ -273,119 +224,94 @@ class GradientMonitor:
         step) it does neither: end the step with :meth:`skip_step`.
         """
         self._refuse_if_closed("record")
+        self._finish_in_flight(raise_error=True)
         if self._recorded:  # recorded before, and nothing ended that step
             self._end_step(keep_observers=True)
         if self.attached_to_optimizer:
             self._end_steps_never_stepped()
         self._recorded = True
-        if self.step % self.every:
-            self._discard_observations()
+        if self.step % self.options.every:
+            self._watched.discard_observations()
             return True
-        self._refresh_layout()
-        detailed = self.step % self.detail_every == 0
-        packet, update_step = self._packet(detailed)
-        host = packet.send(self._group)
-        self.transfers += 1
-        self._store(host, update_step)
-        if detailed and self._updates is not None:
-            self._updates.begin(self.step, self._layout.parameters)
-        return self._check_finite(host["squares"], overflow_expected)
-
-    def _packet(self, detailed: bool) -> tuple[Packet, int | None]:
-        """The step's statistics, with the update measured over the last detailed step (and that
-        step's number, or None)."""
-        packet = Packet(self._device)
-        snapshot, self._snapshot = self._snapshot, None
-        if snapshot is not None and snapshot[0] == self.step and snapshot[1] is self._layout:
-            pieces = snapshot[2]
+        detailed = self._detailed(self.step)
+        if self._watched.refresh(thorough=detailed) and self._updates is not None:
+            self._updates.forget()  # measured on other parameters
+        snapshot = self._take_snapshot()
+        packet, frame = self._recorder.gather(self.step, detailed, snapshot)
+        sharded_raise = self._watched.group is not None and self.options.on_nonfinite == "raise"
+        if sharded_raise and not overflow_expected:
+            squares = self._recorder.start(packet, frame)
         else:
-            pieces = self._gradient_statistics(detailed)
-        for name, tensor in pieces.items():
-            packet.add(name, tensor)
-        update_step = self._add_pending_update(packet)
-        if self._sentinel is not None:
-            packet.add("stale", self._sentinel.take_stale())
-        return packet, update_step
+            squares = self._recorder.send(packet, frame)["squares"]
+        if detailed and self._updates is not None:
+            self._updates.begin(self.step, self._watched.layout.parameters)
+        return self._check_finite(frame, squares, overflow_expected)
 
-    def _add_pending_update(self, packet: Packet) -> int | None:
-        pending = self._updates.take() if self._updates is not None else None
-        if pending is None:
+    def _detailed(self, step: int) -> bool:
+        return step % self.options.detail_every == 0
+
+    def _take_snapshot(self) -> dict | None:
+        snapshot, self._snapshot = self._snapshot, None
+        if snapshot is None or snapshot[0] != self.step or snapshot[1] is not self._watched.layout:
             return None
-        packet.add("update", pending[1])
-        return pending[0]
+        return snapshot[2]
 
-    def _gradient_statistics(self, detailed: bool) -> dict[str, torch.Tensor]:
-        """``{"squares": (P,), "histograms": (L, bins) if detailed}`` of the current gradients,
-        on the device. Under FSDP2 each rank's own shard: sums over entries, which the packet's
-        all-reduce makes global."""
-        gradients = [p.grad for p in self._layout.parameters]
-        pieces = {"squares": squared_norms(gradients, self._device)}
-        if self.histograms and detailed:
-            pieces["histograms"] = histogram_counts(
-                gradients,
-                self._layout,
-                self.bins,
-                self.histogram_range,
-                self.log_magnitude,
-                self._device,
-            )
-        return pieces
-
-    def _store(self, host: dict[str, np.ndarray], update_step: int | None) -> None:
-        squares = self._layout.per_layer(host["squares"])
-        stale = bool(host["stale"] > 0) if "stale" in host else False
-        self._history.add_step(self.step, self._columns, squares, stale)
-        if "histograms" in host:
-            self._history.add_histogram(self.step, self._columns, host["histograms"])
-        if update_step is not None:
-            self._store_update(update_step, host["update"])
-
-    def _check_finite(self, squares: np.ndarray, overflow_expected: bool) -> bool:
-        # float64 squares of finite float32/bfloat16/float16 entries cannot overflow: a
-        # non-finite square means a non-finite entry
-        module = self._locator.take() if self._locator is not None else None
-        bad = np.flatnonzero(~np.isfinite(squares))
-        if not bad.size or overflow_expected:
-            return not bad.size
-        parameter = self._layout.names[bad[0]]
-        if self._locator is not None and module is None:  # no input gradient went bad
-            module = self._layout.layer_names[self._layout.layer_of[bad[0]]]
-            module += IN_PARAMETER_GRADIENT
-        event = {"step": self.step, "parameter": parameter, "module": module}
+    def _check_finite(self, frame: Frame, squares: np.ndarray, overflow_expected: bool) -> bool:
+        locator = self._watched.locator
+        module = locator.take() if locator is not None else None
+        event = self._recorder.nonfinite_event(frame, squares, module, locator is not None)
+        if event is None or overflow_expected:
+            return event is None
         self._history.nonfinite_events.append(event)
-        if self.on_nonfinite == "raise":
+        if self.options.on_nonfinite == "raise":
             if self._updates is not None:
                 self._updates.cancel()
             self._end_step(keep_observers=False)  # the next record() checks the next step
             raise NonFiniteGradientError(**event)
         return False
 
+    def _finish_in_flight(self, raise_error: bool) -> None:
+        """Store the packet still on its way (FSDP2, ``on_nonfinite="raise"``); raise if another
+        rank's shard was non-finite."""
+        event = self._recorder.finish_in_flight()
+        if event is not None and raise_error:
+            raise NonFiniteGradientError(**event)
+
+    @torch.no_grad()
     def snapshot(self) -> None:
         """Compute the next recorded step's gradient statistics now, on the device (no transfer),
         for the next :meth:`record` to use instead of the gradients it would find then.
 
         For loops where something changes ``.grad`` between the backward and the place where
         ``record()`` can run: the Hugging Face ``Trainer`` clips before any callback sees the
-        gradients (``gradcourse.hf``). Calling it again replaces the snapshot.
+        gradients (``gradcourse.hf``). Calling it again replaces the snapshot. Its norms are
+        accumulated in float64 (the gradients may be gone by the time a float32 overflow would be
+        seen and recomputed).
         """
         self._refuse_if_closed("snapshot")
         upcoming = self.step + self._recorded
-        if upcoming % self.every:
+        if upcoming % self.options.every:
             return
-        self._refresh_layout()
-        detailed = upcoming % self.detail_every == 0
-        self._snapshot = (upcoming, self._layout, self._gradient_statistics(detailed))
+        detailed = self._detailed(upcoming)
+        if self._watched.refresh(thorough=detailed) and self._updates is not None:
+            self._updates.forget()
+        statistics = self._recorder.statistics(detailed, exact=True)
+        self._snapshot = (upcoming, self._watched.layout, statistics)
 
+    @torch.no_grad()
     def record_update(self) -> None:
         """After ``optimizer.step()``: measure the update-to-weight ratio per layer (on detailed
-        steps; kept on the device until the next recorded step's transfer), and end the step."""
+        steps; kept on the device until the next recorded step's transfer), and end the step.
+        Under FSDP2 with ``on_nonfinite="raise"`` this is where the combined norms arrive (and a
+        non-finite entry in another rank's shard raises)."""
         self._refuse_if_closed("record_update")
         if self._updates is not None and self._updates.waiting:
-            if self._layout.is_current(self.model):
-                self._updates.finish(self._layout.parameters)
+            if self._watched.layout.is_current(self.model):
+                self._updates.finish(self._watched.layout.parameters)
             else:
                 self._updates.cancel()
         self._end_step(keep_observers=False)
+        self._finish_in_flight(raise_error=True)
 
     def skip_step(self) -> None:
         """End the current step without an optimizer update (a non-finite step skipped by hand or
@@ -396,13 +322,15 @@ class GradientMonitor:
             self._updates.cancel()
         self._history.skipped_steps.append(self.step)
         self._end_step(keep_observers=False)
+        self._finish_in_flight(raise_error=False)
 
     def _end_steps_never_stepped(self) -> None:
         """With the optimizer hooked: each backward that found ``.grad`` reset beyond the first
         began a step that ``optimizer.step()`` never ran for (a ``GradScaler`` skipped it)."""
-        if self._sentinel is None:
+        sentinel = self._watched.sentinel
+        if sentinel is None:
             return
-        for _ in range(self._sentinel.resets - 1):
+        for _ in range(sentinel.resets - 1):
             self._history.skipped_steps.append(self.step)
             self._end_step(keep_observers=True)
 
@@ -410,30 +338,9 @@ class GradientMonitor:
         """The one place a step ends. ``keep_observers``: what the sentinel and the module
         locator saw since belongs to the next step (its backward already ran)."""
         if not keep_observers and not self._recorded:
-            self._discard_observations()
+            self._watched.discard_observations()
         self.step += 1
         self._recorded = False
-
-    def _discard_observations(self) -> None:
-        if self._sentinel is not None:
-            self._sentinel.skip_to_next_step()
-        if self._locator is not None:
-            self._locator.take()
-
-    def _flush_update(self) -> None:
-        # Under FSDP2 the last update ratio waits for the next record()'s all-reduce: reading
-        # the history must not start a collective that the other ranks may not join.
-        if self._updates is None or self._group is not None:
-            return
-        packet = Packet(self._device)
-        update_step = self._add_pending_update(packet)
-        if update_step is not None:
-            self._store_update(update_step, packet.send()["update"])
-
-    def _store_update(self, step: int, squares: np.ndarray) -> None:
-        """``squares``: ``(2, P)`` squared update and weight norms over step ``step``'s update."""
-        update_squares, weight_squares = (self._layout.per_layer(row) for row in squares)
-        self._history.add_update(step, self._columns, update_squares, weight_squares)
 
     # --- results --------------------------------------------------------------------------------
     @property
@@ -451,48 +358,17 @@ class GradientMonitor:
     def history(self) -> dict:
         """Plain arrays, documented in :mod:`gradcourse.monitor.history`: ``steps``,
         ``global_norm``, ``layer_norms``, ``update_ratios``, ``histograms`` and the rest."""
-        self._flush_update()
+        if not self._closed:
+            self._finish_in_flight(raise_error=False)
+            self._recorder.flush_update()
+        sentinel = self._watched.sentinel
         return self._history.as_dict(
             steps_seen=self.step - self._start_step,
             frozen_parameters=self.frozen_parameter_names,
-            zero_grad_sentinel=self._sentinel.name if self._sentinel is not None else None,
+            zero_grad_sentinel=sentinel.name if sentinel is not None else None,
         )
 
     def log_to(self, writer, *, prefix: str = "gradients") -> None:
         """Write the history to a TensorBoard ``SummaryWriter``: scalars (global norm, per-layer
         norms and update ratios) and per-layer histograms, at their training steps."""
         log_history(self.history, writer, prefix=prefix)
-
-
-def _remove_all(handles: list) -> None:
-    for handle in handles:
-        handle.remove()
-    handles.clear()
-
-
-def _check_arguments(model, optimizer, every, detail_every, bins, group_by, on_nonfinite) -> None:
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
-        raise TypeError(
-            f"optimizer must be a torch.optim.Optimizer or None, got {type(optimizer).__name__}"
-        )
-    check_positive_int("every", every)
-    check_positive_int("detail_every", detail_every)
-    check_positive_int("bins", bins)
-    check_choice("group_by", group_by, GROUP_BY)
-    check_choice("on_nonfinite", on_nonfinite, ON_NONFINITE)
-
-
-def _checked_range(value: object) -> tuple[float, float]:
-    if not (
-        isinstance(value, (tuple, list))
-        and len(value) == 2
-        and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
-        and all(math.isfinite(v) for v in value)
-        and value[0] < value[1]
-    ):
-        raise ValueError(
-            f"histogram_range must be (low, high), finite numbers with low < high, got {value!r}"
-        )
-    return float(value[0]), float(value[1])

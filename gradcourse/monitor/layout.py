@@ -6,10 +6,13 @@ Chapter 5) is listed once, under its first name. A parametrised weight
 (``torch.nn.utils.parametrize``, ``weight_norm``) belongs to the module it parametrises: the
 tensors ``linear.parametrizations.weight.original0`` and ``...original1`` are layer ``linear``.
 
-A layout is a snapshot of the model. :meth:`Layout.is_current` says, for the price of one walk
-over ``named_parameters()``, whether it still describes the model: parameters added, removed,
-frozen, unfrozen or replaced (``load_state_dict(assign=True)``) make it stale, and the monitor
-builds a new one.
+A layout is a snapshot of the model. :meth:`Layout.is_current` says whether it still describes
+the model: parameters added, frozen, unfrozen or replaced (``load_state_dict(assign=True)``, a
+weight tied after construction) make it stale, and the monitor builds a new one. The check is
+cheap enough for every step: it reads the ``requires_grad`` flags of the parameters it knows and a
+count of parameter and module registrations in the process (kept by a global registration hook
+that this module installs once); only when that count moved, or when asked to be thorough, does
+it walk ``named_parameters()`` again (a parameter deleted from its module is found that way).
 """
 
 from __future__ import annotations
@@ -19,6 +22,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch.nn as nn
+from torch.nn.modules.module import (
+    register_module_module_registration_hook,
+    register_module_parameter_registration_hook,
+)
 
 GROUP_BY = ("module", "parameter")
 
@@ -36,13 +43,30 @@ def owner_module(name: str) -> str:
     return name.rpartition(".")[0] or name
 
 
+_registrations = 0  # parameters and modules registered anywhere in this process, once hooked
+_hooked = False
+
+
+def _count_registration(*_: object) -> None:
+    global _registrations
+    _registrations += 1
+
+
+def _watch_registrations() -> None:
+    global _hooked
+    if not _hooked:
+        register_module_parameter_registration_hook(_count_registration)
+        register_module_module_registration_hook(_count_registration)
+        _hooked = True
+
+
 def _signature(model: nn.Module) -> tuple:
     """What makes two layouts of ``model`` equal: each parameter's name, identity and whether it
     is trainable, in ``named_parameters()`` order."""
     return tuple((name, id(p), p.requires_grad) for name, p in model.named_parameters())
 
 
-@dataclass(frozen=True)
+@dataclass
 class Layout:
     """The trainable parameters of a model at one moment, grouped into layers.
 
@@ -59,11 +83,14 @@ class Layout:
     layer_names: tuple[str, ...]
     layer_of: np.ndarray
     frozen: tuple[str, ...]
+    frozen_parameters: tuple[nn.Parameter, ...] = field(repr=False)
     signature: tuple = field(repr=False)
+    registrations: int = field(repr=False)
 
     @classmethod
     def of(cls, model: nn.Module, group_by: str = "module") -> Layout:
         """The layout of ``model`` now."""
+        _watch_registrations()
         named = list(model.named_parameters())
         trainable = [(name, p) for name, p in named if p.requires_grad]
         layer = owner_module if group_by == "module" else (lambda name: name)
@@ -75,12 +102,25 @@ class Layout:
             layer_names=layer_names,
             layer_of=np.array([index[layer(name)] for name, _ in trainable], dtype=np.int64),
             frozen=tuple(name for name, p in named if not p.requires_grad),
+            frozen_parameters=tuple(p for _, p in named if not p.requires_grad),
             signature=_signature(model),
+            registrations=_registrations,
         )
 
-    def is_current(self, model: nn.Module) -> bool:
-        """Whether ``model``'s parameters are still the ones this layout lists."""
-        return _signature(model) == self.signature
+    def is_current(self, model: nn.Module, *, thorough: bool = False) -> bool:
+        """Whether ``model``'s parameters are still the ones this layout lists (see the module
+        docstring); ``thorough`` walks the model whatever the registration count says."""
+        if not all(p.requires_grad for p in self.parameters) or any(
+            p.requires_grad for p in self.frozen_parameters
+        ):
+            return False
+        if not thorough and _registrations == self.registrations:
+            return True
+        seen = _registrations
+        if _signature(model) != self.signature:
+            return False
+        self.registrations = seen  # nothing of this model's changed: no walk until the next one
+        return True
 
     def members(self, layer: int) -> np.ndarray:
         """The indices of the parameters of layer number ``layer``."""

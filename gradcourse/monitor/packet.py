@@ -57,7 +57,17 @@ class Packet:
         if reduction not in REDUCTIONS:
             raise ValueError(f"reduction must be one of {tuple(REDUCTIONS)}, got {reduction!r}")
         self._fields.append(_Field(name, tuple(tensor.shape), reduction))
-        self._tensors.append(tensor.detach().to(self.device, torch.float64).reshape(-1))
+        if tensor.dtype is not torch.float64 or tensor.device != self.device:
+            tensor = tensor.to(self.device, torch.float64)
+        self._tensors.append(tensor.reshape(-1))
+
+    def field(self, name: str) -> torch.Tensor:
+        """Field ``name`` as the packet holds it (flat, float64, on the packet's device): changing
+        it in place before :meth:`start` changes what is sent."""
+        for field, tensor in zip(self._fields, self._tensors):
+            if field.name == name:
+                return tensor
+        raise KeyError(f"the packet has no field {name!r}")
 
     def start(self, group=None, *, async_op: bool = False) -> PendingPacket:
         """Concatenate the fields and, under ``group``, start the collective that combines them
@@ -96,11 +106,15 @@ class PendingPacket:
         if self._result is None:
             if self._work is not None:
                 self._work.wait()
-            host = self._flat.cpu().numpy().reshape(self._ranks, -1)  # the one transfer
+            host = self._flat.cpu().numpy()  # the one transfer
+            if self._ranks > 1:
+                host = host.reshape(self._ranks, -1)
             self._result, offset = {}, 0
             for f in self._fields:
                 size = math.prod(f.shape)
-                values = REDUCTIONS[f.reduction](host[:, offset : offset + size], axis=0)
+                values = host[..., offset : offset + size]
+                if self._ranks > 1:
+                    values = REDUCTIONS[f.reduction](values, axis=0)
                 self._result[f.name] = values.reshape(f.shape)
                 offset += size
             self._flat = None

@@ -41,7 +41,7 @@ class UpdateTracker:
         if self._before is None or [b.shape for b in self._before] != shapes:
             self._before = [torch.empty_like(w) for w in weights]
         torch._foreach_copy_(self._before, weights)
-        self._weight_squares = squared_norms(self._before, self.device)
+        self._weight_squares = squared_norms(self._before, self.device, exact=True)
         self._step, self._count = step, len(weights)
 
     @property
@@ -58,7 +58,7 @@ class UpdateTracker:
             return
         # the buffers now hold w_before - w_after
         torch._foreach_sub_(self._before, [stored_values(p) for p in parameters])
-        update_squares = squared_norms(self._before, self.device)
+        update_squares = squared_norms(self._before, self.device, exact=True)
         self._pending = (self._step, torch.stack([update_squares, self._weight_squares]))
         self._step = None
 
