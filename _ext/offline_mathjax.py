@@ -27,8 +27,7 @@ def mathjax_es5_dir() -> Path:
     folder = Path(mathjax.__file__).parent / "static" / "mathjax" / "es5"
     if not (folder / MATHJAX_ENTRY).is_file():
         raise FileNotFoundError(
-            f"MathJax not found at {folder}: is django-static-mathjax "
-            "installed?"
+            f"MathJax not found at {folder}: is django-static-mathjax installed?"
         )
     return folder
 
@@ -42,9 +41,7 @@ def _use_local_mathjax(app: Sphinx, config: Config) -> None:
 def _copy_mathjax(app: Sphinx, exception: Exception | None) -> None:
     if exception is None and app.builder.format == "html":
         shutil.copytree(
-            mathjax_es5_dir(),
-            Path(app.outdir) / "_static" / "mathjax",
-            dirs_exist_ok=True,
+            mathjax_es5_dir(), Path(app.outdir) / "_static" / "mathjax", dirs_exist_ok=True
         )
 
 

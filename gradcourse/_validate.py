@@ -8,13 +8,7 @@ from collections.abc import Collection
 
 import torch
 
-INTEGER_DTYPES = (
-    torch.int64,
-    torch.int32,
-    torch.int16,
-    torch.int8,
-    torch.uint8,
-)
+INTEGER_DTYPES = (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8)
 
 
 def check_int(name: str, value: object, minimum: int = 1) -> None:
@@ -32,11 +26,7 @@ def check_positive_int(name: str, value: object) -> None:
 
 
 def check_number(
-    name: str,
-    value: object,
-    minimum: float | None = None,
-    *,
-    strict: bool = False,
+    name: str, value: object, minimum: float | None = None, *, strict: bool = False
 ) -> None:
     """Raise ``TypeError`` unless ``value`` is an int or a float (``bool``
     refused), ``ValueError`` unless it is finite and ``>= minimum`` (``>
@@ -57,9 +47,7 @@ def check_choice(name: str, value: object, choices: Collection) -> None:
 
 
 def check_int_tensor(
-    name: str,
-    value: object,
-    dtypes: tuple[torch.dtype, ...] = INTEGER_DTYPES,
+    name: str, value: object, dtypes: tuple[torch.dtype, ...] = INTEGER_DTYPES
 ) -> None:
     """Raise ``TypeError`` unless ``value`` is a tensor of one of the
     integer ``dtypes``."""

@@ -99,8 +99,7 @@ class Value:
 
     def __pow__(self, exponent: float) -> Value:
         exponent = _check_number(
-            exponent,
-            "exponent (a constant; Value ** Value is not supported)",
+            exponent, "exponent (a constant; Value ** Value is not supported)"
         )
         if self.data == 0 and exponent < 1 and exponent != 0:
             raise ValueError(f"0 ** {exponent} has no finite derivative")

@@ -54,14 +54,7 @@ def _pair(name: str, ours: ArrayLike, reference: ArrayLike) -> tuple[torch.Tenso
     return ours_t, reference_t
 
 
-def compare(
-    name: str,
-    ours: ArrayLike,
-    reference: ArrayLike,
-    *,
-    rtol: float,
-    atol: float,
-) -> bool:
+def compare(name: str, ours: ArrayLike, reference: ArrayLike, *, rtol: float, atol: float) -> bool:
     """Compare ``ours`` with ``reference`` within the tolerances given, print one line saying
     how they compare, return whether close.
 
@@ -109,12 +102,7 @@ def compare(
 
 
 def assert_close(
-    name: str,
-    ours: ArrayLike,
-    reference: ArrayLike,
-    *,
-    rtol: float,
-    atol: float,
+    name: str, ours: ArrayLike, reference: ArrayLike, *, rtol: float, atol: float
 ) -> None:
     """Like :func:`compare`, but raise ``AssertionError`` when the values are not close."""
     if not compare(name, ours, reference, rtol=rtol, atol=atol):
@@ -148,9 +136,7 @@ def assert_exact(name: str, ours: torch.Tensor, reference: torch.Tensor) -> None
 
 
 def finite_difference_grad(
-    f: Callable[[torch.Tensor], torch.Tensor | float],
-    x: torch.Tensor,
-    eps: float = 1e-6,
+    f: Callable[[torch.Tensor], torch.Tensor | float], x: torch.Tensor, eps: float = 1e-6
 ) -> torch.Tensor:
     """Gradient of a scalar function by central differences: ``(f(x + eps
     e_i) - f(x - eps e_i)) / 2 eps``.

@@ -17,12 +17,7 @@ from collections.abc import Iterator
 
 import torch
 
-from gradcourse._validate import (
-    check_int,
-    check_int_tensor,
-    check_number,
-    check_positive_int,
-)
+from gradcourse._validate import check_int, check_int_tensor, check_number, check_positive_int
 
 #: The corpus file shipped inside the package, as (folder, name); built by
 #: ``tools/build_corpus.py``.
@@ -39,11 +34,7 @@ _WORD = re.compile(r"[a-z]+|[0-9]+|[^\sa-z0-9]")
 
 
 def zipf_token_ids(
-    num_tokens: int,
-    vocab_size: int,
-    exponent: float = 1.0,
-    *,
-    seed: int = 0,
+    num_tokens: int, vocab_size: int, exponent: float = 1.0, *, seed: int = 0
 ) -> torch.Tensor:
     """Token ids drawn with ``P(id = r) proportional to 1 / (r + 1) **
     exponent``: id 0 is the most frequent.
@@ -62,9 +53,8 @@ def zipf_token_ids(
     check_positive_int("vocab_size", vocab_size)
     if vocab_size > _MULTINOMIAL_LIMIT:
         raise ValueError(
-            f"vocab_size must be <= 2**24 = {_MULTINOMIAL_LIMIT} (the "
-            "most categories torch.multinomial draws from), got "
-            f"{vocab_size}"
+            f"vocab_size must be <= 2**24 = {_MULTINOMIAL_LIMIT} (the most categories "
+            f"torch.multinomial draws from), got {vocab_size}"
         )
     check_number("exponent", exponent, minimum=0)
     check_int("seed", seed, minimum=_SMALLEST_SEED)
@@ -72,10 +62,7 @@ def zipf_token_ids(
     probabilities = ranks.pow(-float(exponent))
     generator = torch.Generator().manual_seed(seed)
     return torch.multinomial(
-        probabilities / probabilities.sum(),
-        num_tokens,
-        replacement=True,
-        generator=generator,
+        probabilities / probabilities.sum(), num_tokens, replacement=True, generator=generator
     )
 
 
@@ -172,10 +159,7 @@ class WordTokenizer:
     def encode(self, text: str) -> torch.Tensor:
         """``(number of words,)`` int64 ids; unseen words map to 0
         (``<unk>``)."""
-        return torch.tensor(
-            [self._index.get(word, 0) for word in words(text)],
-            dtype=torch.long,
-        )
+        return torch.tensor([self._index.get(word, 0) for word in words(text)], dtype=torch.long)
 
     def decode(self, token_ids: torch.Tensor) -> str:
         """The words of ``token_ids`` (any shape, flattened); raises
@@ -214,9 +198,7 @@ def _merge_pair(symbols: tuple[str, ...], pair: tuple[str, str]) -> tuple[str, .
     return tuple(merged)
 
 
-def _pair_counts(
-    symbols: tuple[str, ...],
-) -> collections.Counter[tuple[str, str]]:
+def _pair_counts(symbols: tuple[str, ...]) -> collections.Counter[tuple[str, str]]:
     return collections.Counter(zip(symbols, symbols[1:]))
 
 
@@ -324,11 +306,6 @@ def _windows(
     # a window takes length + 1 tokens: starts 0 .. numel - length - 1, the
     # last one included
     while True:
-        starts = torch.randint(
-            0,
-            token_ids.numel() - length,
-            (batch_size,),
-            generator=generator,
-        )
+        starts = torch.randint(0, token_ids.numel() - length, (batch_size,), generator=generator)
         window = token_ids[starts.to(token_ids.device).unsqueeze(1) + offsets]
         yield window[:, :-1], window[:, 1:]

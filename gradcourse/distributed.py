@@ -82,10 +82,7 @@ def _entry(
     torch.set_num_threads(1)
     try:
         dist.init_process_group(
-            backend,
-            rank=rank,
-            world_size=world_size,
-            timeout=datetime.timedelta(seconds=timeout),
+            backend, rank=rank, world_size=world_size, timeout=datetime.timedelta(seconds=timeout)
         )
         if backend == "nccl":
             torch.cuda.set_device(rank)
@@ -139,21 +136,11 @@ def _first_death(processes: list, reported: set[int]) -> str | None:
 
 #: Words of the errors a rank raises when a peer failed first (its
 #: collective lost the connection).
-_PEER_FAILURE = (
-    "Connection reset by peer",
-    "Connection closed by peer",
-    "Broken pipe",
-    "NCCL",
-)
+_PEER_FAILURE = ("Connection reset by peer", "Connection closed by peer", "Broken pipe", "NCCL")
 
 
 def _failure_report(
-    rank: int,
-    error: str,
-    world_size: int,
-    processes: list,
-    outputs: dict,
-    results: Any,
+    rank: int, error: str, world_size: int, processes: list, outputs: dict, results: Any
 ) -> str:
     """The cause first: a rank that died without a word, else a rank's own
     error rather than one that only says its peer went away. Gathers the
@@ -170,13 +157,7 @@ def _failure_report(
         else:
             outputs[other] = value
     death = _first_death(processes, set(outputs) | set(errors))
-    ranked = sorted(
-        errors,
-        key=lambda r: (
-            any(word in errors[r] for word in _PEER_FAILURE),
-            r,
-        ),
-    )
+    ranked = sorted(errors, key=lambda r: (any(word in errors[r] for word in _PEER_FAILURE), r))
     first = f"rank {ranked[0]} of {world_size} failed:\n{errors[ranked[0]]}"
     others = "".join(
         f"\nthen rank {r} failed too: {errors[r].strip().splitlines()[-1]}" for r in ranked[1:]
@@ -263,9 +244,7 @@ def launch(
             raise pickle.PicklingError("defined in __main__")
     except (pickle.PicklingError, AttributeError, TypeError) as error:
         raise TypeError(
-            f"worker {getattr(worker, '__qualname__', worker)!r} must be "
-            "a "
-            "function importable by "
+            f"worker {getattr(worker, '__qualname__', worker)!r} must be a function importable by "
             f"name from a module (spawned processes import it): {error}"
         ) from None
     context = mp.get_context("spawn")
@@ -274,16 +253,7 @@ def launch(
     processes = [
         context.Process(
             target=_entry,
-            args=(
-                rank,
-                world_size,
-                backend,
-                port,
-                timeout,
-                worker,
-                args,
-                results,
-            ),
+            args=(rank, world_size, backend, port, timeout, worker, args, results),
             daemon=False,
         )
         for rank in range(world_size)
@@ -311,14 +281,7 @@ def launch(
                     raise WorkerError(death) from None
             if status == "error":
                 raise WorkerError(
-                    _failure_report(
-                        rank,
-                        value,
-                        world_size,
-                        processes,
-                        outputs,
-                        results,
-                    )
+                    _failure_report(rank, value, world_size, processes, outputs, results)
                 )
             outputs[rank] = pickle.loads(value)
     finally:
@@ -362,9 +325,7 @@ def data_parallel_checks(rank: int, world_size: int, seed: int = 0) -> dict[str,
       (each rank looking up its own ids) against the dense gradient of all
       ids.
     """
-    from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import (
-        allreduce_hook,
-    )
+    from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
     from torch.nn.parallel import DistributedDataParallel
 
     from gradcourse.models import MLP

@@ -13,11 +13,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from gradcourse._validate import (
-    check_choice,
-    check_int_tensor,
-    check_positive_int,
-)
+from gradcourse._validate import check_choice, check_int_tensor, check_positive_int
 from gradcourse.models import is_tied
 
 METHODS = ("loop", "scatter_add", "index_add", "one_hot")
@@ -130,10 +126,7 @@ def embedding_backward(
 
 
 def sum_rows(
-    flat_grad: torch.Tensor,
-    flat_ids: torch.Tensor,
-    num_embeddings: int,
-    method: str,
+    flat_grad: torch.Tensor, flat_ids: torch.Tensor, num_embeddings: int, method: str
 ) -> torch.Tensor:
     """The kernel of :func:`embedding_backward`, with no checks: row ``i``
     of the ``(num_embeddings, dim)`` result is the sum of the rows of
@@ -278,9 +271,7 @@ def tied_gradient_parts(
     shared = model.token_embedding.weight
     if not is_tied(shared, model.lm_head.weight):
         raise ValueError(
-            "model.token_embedding.weight and model.lm_head.weight are "
-            "not "
-            "tied (different "
+            "model.token_embedding.weight and model.lm_head.weight are not tied (different "
             "storage), so there is no shared matrix to split; build the "
             "model with tie_weights=True"
         )
@@ -299,10 +290,7 @@ def tied_gradient_parts(
     # the two uses apart
     logits = torch.func.functional_call(
         model,
-        {
-            "token_embedding.weight": lookup_copy,
-            "lm_head.weight": projection_copy,
-        },
+        {"token_embedding.weight": lookup_copy, "lm_head.weight": projection_copy},
         (token_ids,),
         tie_weights=False,
     )

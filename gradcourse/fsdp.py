@@ -28,10 +28,7 @@ VOCAB, LENGTH, ROWS_PER_RANK = 64, 8, 4
 def tiny_model(seed: int = 0) -> TinyGPT:
     """The float64 TinyGPT every worker starts from (untied, 2 blocks)."""
     torch.manual_seed(seed)
-    model = TinyGPT(
-        VOCAB, d_model=16, n_layers=2, n_heads=2, max_len=LENGTH,
-        tie_weights=False,
-    )  # fmt: skip
+    model = TinyGPT(VOCAB, d_model=16, n_layers=2, n_heads=2, max_len=LENGTH, tie_weights=False)
     return model.double()
 
 
@@ -119,9 +116,11 @@ def monitor_checks(
     monitors = [GradientMonitor(net, detail_every=1) for net in (inner, reference)]
     optimizers = [torch.optim.SGD(net.parameters(), lr=0.1) for net in (model, reference)]
     result: dict[str, Any] = {
-        "global_norm": [], "clip_total_norm": [], "reference_norm": [],
+        "global_norm": [],
+        "clip_total_norm": [],
+        "reference_norm": [],
         "all_reduces": [],
-    }  # fmt: skip
+    }
     for _ in range(steps):
         for net, optimizer, batch in (
             (model, optimizers[0], rows_of(ids, rank)),
@@ -211,10 +210,7 @@ def fsdp_facts(rank: int, world_size: int) -> dict[str, Any]:
     """
     ids = global_batch(world_size)
     mine = rows_of(ids, rank)
-    models = {
-        "ddp": _wrapped(tiny_model(), "ddp"),
-        "fsdp": _wrapped(tiny_model(), "fsdp"),
-    }
+    models = {"ddp": _wrapped(tiny_model(), "ddp"), "fsdp": _wrapped(tiny_model(), "fsdp")}
     result: dict[str, Any] = {"memory": {}}
     for mode, model in models.items():
         optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
@@ -246,9 +242,14 @@ def fsdp_facts(rank: int, world_size: int) -> dict[str, Any]:
     result["shards"] = {
         name: (p.shape[0], local(p).shape[0])
         for name, p in fsdp.named_parameters()
-        if name in ("token_embedding.weight", "lm_head.weight",
-                    "blocks.0.attention.qkv.weight", "final_norm.weight")
-    }  # fmt: skip
+        if name
+        in (
+            "token_embedding.weight",
+            "lm_head.weight",
+            "blocks.0.attention.qkv.weight",
+            "final_norm.weight",
+        )
+    }
     result["gradient_difference"] = max(
         (local(p.grad) - ddp_grads[name].chunk(world_size, dim=0)[rank]).abs().max().item()
         for name, p in fsdp.named_parameters()

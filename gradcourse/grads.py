@@ -111,9 +111,7 @@ def _weight_gradient_norm(
 
 
 def hidden_state_gradients(
-    rnn: RNN,
-    inputs: torch.Tensor,
-    loss_fn: Callable[[torch.Tensor], torch.Tensor],
+    rnn: RNN, inputs: torch.Tensor, loss_fn: Callable[[torch.Tensor], torch.Tensor]
 ) -> torch.Tensor:
     """``||dL/dh_k||`` for every step ``k``: how much the loss depends on
     the hidden state at each step.

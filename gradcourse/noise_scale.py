@@ -80,17 +80,11 @@ def per_example_gradients(
     # CPU kernel has no vmap rule and would run one example at a time
     with sdpa_kernel(SDPBackend.MATH):
         per_example = vmap(grad(one_loss), in_dims=(None, 0, 0))(parameters, inputs, targets)
-    return torch.cat(
-        [per_example[name].reshape(len(inputs), -1) for name in parameters],
-        dim=1,
-    )
+    return torch.cat([per_example[name].reshape(len(inputs), -1) for name in parameters], dim=1)
 
 
 def noise_scale_from_two_batches(
-    small_squared_norm: float,
-    small_batch: float,
-    big_squared_norm: float,
-    big_batch: float,
+    small_squared_norm: float, small_batch: float, big_squared_norm: float, big_batch: float
 ) -> dict[str, float]:
     """Unbiased ``|G|^2``, ``tr(Sigma)`` and ``B_simple`` from the squared
     norms of a small-batch and a big-batch gradient (McCandlish et al.,
@@ -114,10 +108,7 @@ def noise_scale_from_two_batches(
         ("big_squared_norm", big_squared_norm),
     ):
         check_number(name, value, minimum=0)
-    for name, value in (
-        ("small_batch", small_batch),
-        ("big_batch", big_batch),
-    ):
+    for name, value in (("small_batch", small_batch), ("big_batch", big_batch)):
         check_number(name, value, minimum=0, strict=True)
     if not small_batch < big_batch:
         raise ValueError(f"small_batch must be < big_batch, got {small_batch} and {big_batch}")
@@ -152,9 +143,12 @@ def simple_noise_scale(per_example: torch.Tensor) -> dict[str, float]:
     if not isinstance(per_example, torch.Tensor) or not per_example.is_floating_point():
         raise TypeError(
             "per_example must be a real floating-point tensor, got "
-            + (f"dtype {per_example.dtype}" if isinstance(per_example, torch.Tensor)
-               else type(per_example).__name__)
-        )  # fmt: skip
+            + (
+                f"dtype {per_example.dtype}"
+                if isinstance(per_example, torch.Tensor)
+                else type(per_example).__name__
+            )
+        )
     if per_example.dim() != 2 or per_example.shape[0] < 2 or per_example.shape[1] < 1:
         raise ValueError(
             "per_example must be (N, P) with N >= 2 and P >= 1, got shape "

@@ -186,11 +186,7 @@ def norm_heatmap(history: Mapping) -> Figure:
         interpolation="nearest",
         extent=(steps[0] - 0.5, steps[-1] + 0.5, len(norms) - 0.5, -0.5),
     )
-    ax.set_yticks(
-        range(len(history["layer_names"])),
-        history["layer_names"],
-        fontsize=7,
-    )
+    ax.set_yticks(range(len(history["layer_names"])), history["layer_names"], fontsize=7)
     ax.grid(False)
     fig.colorbar(image, ax=ax, label="log10 gradient norm")
     label(ax, "step", "layer", "Per-layer gradient norm")
@@ -200,13 +196,7 @@ def norm_heatmap(history: Mapping) -> Figure:
 def histogram_over_time(history: Mapping, layer: str) -> Figure:
     """The histogram of one layer's gradient values at each recorded step,
     as an image (Chapter 9)."""
-    _check_history(
-        history,
-        "histograms",
-        "histogram_steps",
-        "bin_edges",
-        "layer_names",
-    )
+    _check_history(history, "histograms", "histogram_steps", "bin_edges", "layer_names")
     if layer not in history["layer_names"]:
         raise ValueError(
             f"layer {layer!r} is not in the history; layers: {history['layer_names']}"
@@ -296,12 +286,7 @@ def global_norm_lines(
     # the palette repeats past its seventh run rather than drop the rest
     for (name, history), color in zip(histories.items(), itertools.cycle(PALETTE)):
         _check_history(history, "global_norm", "steps")
-        ax.semilogy(
-            history["steps"],
-            history["global_norm"],
-            color=color,
-            label=name,
-        )
+        ax.semilogy(history["steps"], history["global_norm"], color=color, label=name)
         for index, step in enumerate(history.get("skipped_steps", [])):
             ax.axvline(
                 step,

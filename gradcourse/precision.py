@@ -15,9 +15,7 @@ import torch
 
 
 def low_precision_fate(
-    gradients: Iterable[torch.Tensor],
-    scale: float = 1.0,
-    dtype: torch.dtype = torch.float16,
+    gradients: Iterable[torch.Tensor], scale: float = 1.0, dtype: torch.dtype = torch.float16
 ) -> dict[str, float]:
     """What happens to gradient entries multiplied by ``scale`` and cast to
     ``dtype``.
@@ -57,11 +55,7 @@ def low_precision_fate(
         cast = values.to(dtype)
         step = torch.stack(
             [
-                torch.tensor(
-                    values.numel(),
-                    device=values.device,
-                    dtype=torch.float64,
-                ),
+                torch.tensor(values.numel(), device=values.device, dtype=torch.float64),
                 (cast == 0).sum().double(),
                 ((cast != 0) & (cast.abs() < info.tiny)).sum().double(),
                 torch.isinf(cast).sum().double(),

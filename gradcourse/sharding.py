@@ -55,10 +55,7 @@ def local(tensor: torch.Tensor) -> torch.Tensor:
     return shard if isinstance(shard, torch.Tensor) else tensor.to_local()
 
 
-def sharding_group(
-    parameters: Sequence[torch.Tensor],
-    names: Sequence[str] | None = None,
-):
+def sharding_group(parameters: Sequence[torch.Tensor], names: Sequence[str] | None = None):
     """The process group over which ``parameters`` are sharded, or None if
     none is sharded.
 

@@ -36,10 +36,7 @@ def classification_batches(seed: int, size: int = 32):
     centers = 2 * torch.randn(4, 10, generator=generator)
     while True:
         labels = torch.randint(0, 4, (size,), generator=generator)
-        yield (
-            centers[labels] + torch.randn(size, 10, generator=generator),
-            labels,
-        )
+        yield (centers[labels] + torch.randn(size, 10, generator=generator), labels)
 
 
 def mlp_run(

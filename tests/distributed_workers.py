@@ -85,10 +85,7 @@ def ddp_noise_scale(rank: int, world_size: int) -> tuple[dict, dict]:
     import torch.nn.functional as F
 
     from gradcourse.models import MLP
-    from gradcourse.noise_scale import (
-        data_parallel_noise_scale,
-        noise_scale_from_two_batches,
-    )
+    from gradcourse.noise_scale import data_parallel_noise_scale, noise_scale_from_two_batches
 
     generator = torch.Generator().manual_seed(0)
     inputs = torch.randn(8 * world_size, 5, generator=generator).double()

@@ -2,12 +2,7 @@
 worker): GPT-2 built from a configuration, no download."""
 
 import torch
-from transformers import (
-    GPT2Config,
-    GPT2LMHeadModel,
-    Trainer,
-    TrainingArguments,
-)
+from transformers import GPT2Config, GPT2LMHeadModel, Trainer, TrainingArguments
 
 from gradcourse.hf import GradientMonitorCallback
 
@@ -53,10 +48,15 @@ def trainer_with_callback(
     if model is None:
         model = GPT2LMHeadModel(
             GPT2Config(
-                vocab_size=VOCAB, n_positions=LENGTH, n_embd=16, n_layer=2,
-                n_head=2, bos_token_id=0, eos_token_id=0,
+                vocab_size=VOCAB,
+                n_positions=LENGTH,
+                n_embd=16,
+                n_layer=2,
+                n_head=2,
+                bos_token_id=0,
+                eos_token_id=0,
             )
-        )  # fmt: skip
+        )
     if nan_call is not None or raise_call is not None:
         model = NanAfter(model, nan_call, raise_call)
     callback = GradientMonitorCallback(histograms=False, **(callback_options or {}))
@@ -77,10 +77,7 @@ def trainer_with_callback(
         **arguments,
     )
     trainer = Trainer(
-        model=model,
-        args=args,
-        train_dataset=dataset,
-        callbacks=None if add_first else [callback],
+        model=model, args=args, train_dataset=dataset, callbacks=None if add_first else [callback]
     )
     if add_first:
         callback.add_to(trainer)

@@ -10,10 +10,9 @@ from gradcourse.embedding import METHODS
 def test_embedding_bench_measures_every_variant_relative_to_pytorch():
     rows, distinct_ids = run(vocab=200, dim=8, tokens=300, rounds=2)
     names = [row.name for row in rows]
-    assert names[:2] == [
-        "pytorch dense",
-        "pytorch sparse (uncoalesced)",
-    ] and names[2:] == list(METHODS)
+    assert names[:2] == ["pytorch dense", "pytorch sparse (uncoalesced)"] and names[2:] == list(
+        METHODS
+    )
     assert rows[0].relative == 1.0
     assert all(row.seconds > 0 for row in rows)
     assert all(row.gigabytes_per_second > 0 for row in rows if not row.is_view)
@@ -63,10 +62,7 @@ def test_embedding_bench_refuses_an_unknown_dtype():
         run(vocab=10, dim=2, tokens=5, dtype="int8")
 
 
-@pytest.mark.skipif(
-    torch.cuda.is_available(),
-    reason="checks the error on a machine without CUDA",
-)
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on a machine without CUDA")
 def test_embedding_bench_refuses_cuda_where_there_is_none():
     with pytest.raises(ValueError, match="CUDA is not available"):
         run(vocab=10, dim=2, tokens=5, device="cuda")
@@ -103,15 +99,7 @@ def test_monitor_bench_times_every_variant_against_no_monitor():
     from gradcourse.bench.monitor import VARIANTS
     from gradcourse.bench.monitor import run as run_monitor
 
-    rows = run_monitor(
-        vocab=50,
-        d_model=16,
-        layers=1,
-        heads=2,
-        length=8,
-        batch=2,
-        rounds=2,
-    )
+    rows = run_monitor(vocab=50, d_model=16, layers=1, heads=2, length=8, batch=2, rounds=2)
     assert [row.name for row in rows] == list(VARIANTS)
     assert rows[0].overhead == 0 and all(row.seconds > 0 for row in rows)
 

@@ -9,19 +9,13 @@ def test_glue_returns_its_value():
     assert glue("answer", 42) == 42
 
 
-def test_glue_records_numpy_and_tensor_scalars_as_python_numbers(
-    monkeypatch,
-):
+def test_glue_records_numpy_and_tensor_scalars_as_python_numbers(monkeypatch):
     import myst_nb
     import numpy as np
     import torch
 
     recorded = []
-    monkeypatch.setattr(
-        myst_nb,
-        "glue",
-        lambda name, value, display: recorded.append(value),
-    )
+    monkeypatch.setattr(myst_nb, "glue", lambda name, value, display: recorded.append(value))
     glue("numpy", np.float64(0.25))
     glue("tensor", torch.tensor(3))
     assert recorded == [0.25, 3] and [type(value) for value in recorded] == [float, int]
@@ -50,19 +44,13 @@ def test_glue_refuses_an_empty_name():
         glue("  ", 1.0)
 
 
-def test_glue_records_a_one_element_numpy_array_as_a_python_number(
-    monkeypatch,
-):
+def test_glue_records_a_one_element_numpy_array_as_a_python_number(monkeypatch):
     import myst_nb
     import numpy as np
     import torch
 
     recorded = []
-    monkeypatch.setattr(
-        myst_nb,
-        "glue",
-        lambda name, value, display: recorded.append(value),
-    )
+    monkeypatch.setattr(myst_nb, "glue", lambda name, value, display: recorded.append(value))
     glue("mean", torch.tensor(0.25).numpy())
     glue("row", np.array([3]))
     assert recorded == [0.25, 3] and [type(value) for value in recorded] == [float, int]

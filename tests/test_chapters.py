@@ -86,8 +86,7 @@ def test_check_mode_reports_a_chapter_whose_setup_cell_is_stale(tmp_path, monkey
 def test_write_replaces_an_old_setup_cell_and_strips_outputs(tmp_path):
     path = tmp_path / "01_x.ipynb"
     old = nbformat.v4.new_code_cell(
-        "# tools/setup_cell.py old version",
-        metadata={"tags": ["hide-cell"]},
+        "# tools/setup_cell.py old version", metadata={"tags": ["hide-cell"]}
     )
     body = nbformat.v4.new_code_cell(
         "1 + 1",

@@ -70,8 +70,9 @@ def test_both_tolerances_must_be_written():
 
 def test_an_absolute_tolerance_alone_means_what_it_says():
     # atol=1e-14 and rtol=0: a relative error of 1e-6 on values of 1 is far outside
-    assert not compare("w", torch.tensor([1.0 + 1e-6]).double(), torch.ones(1).double(),
-                       rtol=0.0, atol=1e-14)  # fmt: skip
+    assert not compare(
+        "w", torch.tensor([1.0 + 1e-6]).double(), torch.ones(1).double(), rtol=0.0, atol=1e-14
+    )
 
 
 def test_a_float32_slip_fails_a_float64_gradient_check():
@@ -105,9 +106,7 @@ def test_finite_difference_grad_keeps_shape_and_leaves_x_unchanged():
 
 
 @pytest.mark.parametrize("eps", [0.0, -1e-6, math.inf, math.nan])
-def test_finite_difference_grad_refuses_a_non_positive_or_non_finite_eps(
-    eps,
-):
+def test_finite_difference_grad_refuses_a_non_positive_or_non_finite_eps(eps):
     with pytest.raises(ValueError, match="eps"):
         finite_difference_grad(lambda v: v.sum(), torch.zeros(2, dtype=torch.float64), eps=eps)
 

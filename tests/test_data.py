@@ -78,10 +78,7 @@ def test_stdlib_corpus_survives_python_minus_OO():
         "print(hashlib.sha256(stdlib_corpus().encode()).hexdigest())"
     )
     result = subprocess.run(
-        [sys.executable, "-OO", "-c", script],
-        capture_output=True,
-        text=True,
-        check=True,
+        [sys.executable, "-OO", "-c", script], capture_output=True, text=True, check=True
     )
     assert result.stdout.strip() == CORPUS_SHA256
 
@@ -214,10 +211,7 @@ def test_random_windows_refuses_bad_arguments_at_the_call():
 
 @pytest.mark.parametrize("dtype", [torch.complex64, torch.bool])
 def test_random_windows_refuses_ids_that_are_not_integers(dtype):
-    with pytest.raises(
-        TypeError,
-        match=f"token_ids must hold integers .*got dtype {dtype}",
-    ):
+    with pytest.raises(TypeError, match=f"token_ids must hold integers .*got dtype {dtype}"):
         random_windows(torch.zeros(20, dtype=dtype), 2, 3)
 
 

@@ -5,12 +5,7 @@ import time
 import distributed_workers
 import pytest
 
-from gradcourse.distributed import (
-    WorkerError,
-    data_parallel_checks,
-    failing_worker,
-    launch,
-)
+from gradcourse.distributed import WorkerError, data_parallel_checks, failing_worker, launch
 
 pytestmark = pytest.mark.distributed
 
@@ -30,10 +25,7 @@ def test_data_parallel_checks_on_two_cpu_processes():
 
 def test_a_failing_worker_is_reported_and_leaves_no_process_behind():
     start = time.monotonic()
-    with pytest.raises(
-        WorkerError,
-        match=r"rank 1 of 2 failed:(.|\n)*rank 1 failed on purpose",
-    ):
+    with pytest.raises(WorkerError, match=r"rank 1 of 2 failed:(.|\n)*rank 1 failed on purpose"):
         launch(failing_worker, 2, 1, backend="gloo", timeout=60)
     # rank 0, stuck in a barrier, was stopped, not waited for
     assert time.monotonic() - start < 60
@@ -68,10 +60,7 @@ def test_an_unpicklable_result_is_reported_at_once():
 
 @pytest.mark.parametrize(
     ("how", "expected"),
-    [
-        ("exit", "rank 1 exited with code 3"),
-        ("segfault", "rank 1 was killed by signal SIGSEGV"),
-    ],
+    [("exit", "rank 1 exited with code 3"), ("segfault", "rank 1 was killed by signal SIGSEGV")],
 )
 def test_a_rank_that_dies_is_named_with_its_exit_code(how, expected):
     with pytest.raises(WorkerError, match=expected):
@@ -116,9 +105,7 @@ def test_processes_started_by_a_worker_do_not_outlive_it():
 
 
 def test_a_worker_can_use_dataloader_workers():
-    assert launch(
-        distributed_workers.uses_a_dataloader,
-        2,
-        backend="gloo",
-        timeout=60,
-    ) == [28.0, 28.0]
+    assert launch(distributed_workers.uses_a_dataloader, 2, backend="gloo", timeout=60) == [
+        28.0,
+        28.0,
+    ]

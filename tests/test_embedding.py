@@ -23,10 +23,7 @@ def torch_weight_grad(
     sparse=False,
 ):
     weight = torch.randn(
-        num_embeddings,
-        grad_output.shape[-1],
-        dtype=torch.float64,
-        requires_grad=True,
+        num_embeddings, grad_output.shape[-1], dtype=torch.float64, requires_grad=True
     )
     out = F.embedding(
         token_ids,
@@ -49,13 +46,7 @@ def lookups(draw):
     token_ids = torch.randint(0, num_embeddings, shape, generator=g)
     grad_output = torch.randn(*shape, dim, dtype=torch.float64, generator=g)
     padding_idx = draw(st.one_of(st.none(), st.integers(-num_embeddings, num_embeddings - 1)))
-    return (
-        token_ids,
-        grad_output,
-        num_embeddings,
-        padding_idx,
-        draw(st.booleans()),
-    )
+    return (token_ids, grad_output, num_embeddings, padding_idx, draw(st.booleans()))
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -102,10 +93,7 @@ def test_sparse_gradient_stores_one_row_per_distinct_id():
 
 @pytest.mark.parametrize("method", METHODS)
 def test_float_ids_are_refused(method):
-    with pytest.raises(
-        TypeError,
-        match=r"token_ids must hold integers .*got dtype torch.float32",
-    ):
+    with pytest.raises(TypeError, match=r"token_ids must hold integers .*got dtype torch.float32"):
         embedding_backward(torch.zeros(2, 3), torch.tensor([0.0, 1.0]), 4, method=method)
 
 
@@ -136,16 +124,8 @@ def test_integer_grad_output_is_refused():
 
 @pytest.mark.parametrize("padding_idx", [4, -5])
 def test_padding_idx_out_of_range_is_refused(padding_idx):
-    with pytest.raises(
-        ValueError,
-        match=rf"padding_idx {padding_idx} is outside \[-4, 4\)",
-    ):
-        embedding_backward(
-            torch.zeros(2, 3),
-            torch.tensor([0, 1]),
-            4,
-            padding_idx=padding_idx,
-        )
+    with pytest.raises(ValueError, match=rf"padding_idx {padding_idx} is outside \[-4, 4\)"):
+        embedding_backward(torch.zeros(2, 3), torch.tensor([0, 1]), 4, padding_idx=padding_idx)
 
 
 def test_an_unknown_method_is_refused():
@@ -160,10 +140,7 @@ def test_a_non_positive_vocabulary_is_refused(num_embeddings):
 
 
 def test_a_list_of_ids_is_refused():
-    with pytest.raises(
-        TypeError,
-        match=r"token_ids must be a tensor \(of integers\), got list",
-    ):
+    with pytest.raises(TypeError, match=r"token_ids must be a tensor \(of integers\), got list"):
         embedding_backward(torch.zeros(2, 3), [0, 1], 4)
 
 
@@ -200,12 +177,7 @@ def test_split_embedding_parameters_refuses_a_non_module():
 def _tied_model_and_batch(vocab_size: int = 40):
     torch.manual_seed(0)
     model = TinyGPT(
-        vocab_size,
-        d_model=16,
-        n_layers=1,
-        n_heads=2,
-        max_len=8,
-        tie_weights=True,
+        vocab_size, d_model=16, n_layers=1, n_heads=2, max_len=8, tie_weights=True
     ).double()
     # only ids below 12 are looked up
     token_ids = torch.randint(0, 12, (3, 8))
@@ -218,10 +190,7 @@ def test_tied_gradient_parts_sum_to_the_shared_weights_grad():
     lookup_part, projection_part = tied_gradient_parts(model, token_ids, targets)
     F.cross_entropy(model(token_ids).reshape(-1, 40), targets.reshape(-1)).backward()
     torch.testing.assert_close(
-        lookup_part + projection_part,
-        model.token_embedding.weight.grad,
-        atol=1e-14,
-        rtol=0,
+        lookup_part + projection_part, model.token_embedding.weight.grad, atol=1e-14, rtol=0
     )
 
 
@@ -251,9 +220,7 @@ def test_tied_gradient_parts_refuses_an_untied_model():
     model = TinyGPT(40, d_model=16, n_layers=1, n_heads=2, max_len=8, tie_weights=False)
     with pytest.raises(ValueError, match="not tied"):
         tied_gradient_parts(
-            model,
-            torch.zeros(1, 4, dtype=torch.long),
-            torch.zeros(1, 4, dtype=torch.long),
+            model, torch.zeros(1, 4, dtype=torch.long), torch.zeros(1, 4, dtype=torch.long)
         )
 
 
@@ -296,9 +263,7 @@ class _Doubled(torch.nn.Module):
 
 
 @pytest.mark.parametrize("wrap", ["parametrize", "weight_norm"])
-def test_split_embedding_parameters_gives_a_parametrised_tables_leaves(
-    wrap,
-):
+def test_split_embedding_parameters_gives_a_parametrised_tables_leaves(wrap):
     model = torch.nn.Sequential(torch.nn.Embedding(5, 3), torch.nn.Linear(3, 2))
     if wrap == "parametrize":
         torch.nn.utils.parametrize.register_parametrization(model[0], "weight", _Doubled())
@@ -314,13 +279,5 @@ def test_split_embedding_parameters_gives_a_parametrised_tables_leaves(
 
 
 def test_a_scale_grad_by_freq_that_is_not_a_bool_is_refused():
-    with pytest.raises(
-        TypeError,
-        match="scale_grad_by_freq must be True or False, got 'no'",
-    ):
-        embedding_backward(
-            torch.zeros(2, 3),
-            torch.tensor([0, 1]),
-            4,
-            scale_grad_by_freq="no",
-        )
+    with pytest.raises(TypeError, match="scale_grad_by_freq must be True or False, got 'no'"):
+        embedding_backward(torch.zeros(2, 3), torch.tensor([0, 1]), 4, scale_grad_by_freq="no")

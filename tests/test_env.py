@@ -4,13 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from gradcourse.env import (
-    TEXT_PROGRESS_VARIABLE,
-    device,
-    progress,
-    seed_everything,
-    versions,
-)
+from gradcourse.env import TEXT_PROGRESS_VARIABLE, device, progress, seed_everything, versions
 
 
 def test_device_is_a_torch_device_that_holds_tensors():
@@ -47,13 +41,7 @@ def test_versions_names_python_torch_numpy_and_the_device():
 
 
 @pytest.mark.parametrize(
-    "value, error",
-    [
-        (0, ValueError),
-        (-2, ValueError),
-        (1.0, TypeError),
-        (True, TypeError),
-    ],
+    "value, error", [(0, ValueError), (-2, ValueError), (1.0, TypeError), (True, TypeError)]
 )
 def test_check_positive_int_names_the_bad_value(value, error):
     from gradcourse._validate import check_positive_int
@@ -63,13 +51,7 @@ def test_check_positive_int_names_the_bad_value(value, error):
 
 
 def test_progress_yields_every_item():
-    assert list(progress(range(5), desc="test", disable=True)) == [
-        0,
-        1,
-        2,
-        3,
-        4,
-    ]
+    assert list(progress(range(5), desc="test", disable=True)) == [0, 1, 2, 3, 4]
 
 
 def test_progress_writes_one_final_line_when_the_book_build_asks(monkeypatch, capsys):

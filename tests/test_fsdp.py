@@ -20,16 +20,10 @@ def test_global_norm_is_the_full_gradients_on_every_rank(checked):
     _, ranks = checked
     for result in ranks:
         torch.testing.assert_close(
-            result["global_norm"],
-            result["reference_norm"],
-            rtol=1e-12,
-            atol=0,
+            result["global_norm"], result["reference_norm"], rtol=1e-12, atol=0
         )
         torch.testing.assert_close(
-            result["global_norm"],
-            result["clip_total_norm"],
-            rtol=1e-12,
-            atol=0,
+            result["global_norm"], result["clip_total_norm"], rtol=1e-12, atol=0
         )
 
 

@@ -2,11 +2,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from gradcourse.grads import (
-    flat_grad,
-    hidden_state_gradients,
-    mlp_gradient_norms,
-)
+from gradcourse.grads import flat_grad, hidden_state_gradients, mlp_gradient_norms
 from gradcourse.models import MLP, RNN
 
 
@@ -99,12 +95,7 @@ def test_rnn_hidden_gradients_after_the_loss_step_are_zero():
 
 def test_grads_refuse_other_models():
     with pytest.raises(TypeError, match="gradcourse.models.MLP, got Linear"):
-        mlp_gradient_norms(
-            torch.nn.Linear(2, 2),
-            torch.randn(1, 2),
-            torch.randn(1, 2),
-            F.mse_loss,
-        )
+        mlp_gradient_norms(torch.nn.Linear(2, 2), torch.randn(1, 2), torch.randn(1, 2), F.mse_loss)
     with pytest.raises(TypeError, match="gradcourse.models.RNN, got Linear"):
         hidden_state_gradients(torch.nn.Linear(2, 2), torch.randn(1, 2, 2), lambda o: o.sum())
 
@@ -114,11 +105,7 @@ def test_flat_grad_concatenates_every_trainable_gradient_in_order():
     model[1].bias.requires_grad_(False)
     model(torch.ones(4, 2)).sum().backward()
     expected = torch.cat(
-        [
-            model[0].weight.grad.reshape(-1),
-            model[0].bias.grad,
-            model[1].weight.grad.reshape(-1),
-        ]
+        [model[0].weight.grad.reshape(-1), model[0].bias.grad, model[1].weight.grad.reshape(-1)]
     )
     assert torch.equal(flat_grad(model), expected)
 
@@ -136,8 +123,7 @@ def test_scaled_orthogonal_gives_every_singular_value_the_scale():
     weight = torch.empty(6, 6, dtype=torch.float64)
     scaled_orthogonal_(weight, 1.5)
     torch.testing.assert_close(
-        torch.linalg.svdvals(weight),
-        torch.full((6,), 1.5, dtype=torch.float64),
+        torch.linalg.svdvals(weight), torch.full((6,), 1.5, dtype=torch.float64)
     )
     with pytest.raises(ValueError, match="square matrix"):
         scaled_orthogonal_(torch.empty(2, 3), 1.0)

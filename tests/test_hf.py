@@ -34,9 +34,7 @@ def test_every_log_has_a_norm_per_layer(tmp_path):
 
 
 def test_tensorboard_receives_the_per_layer_norms(tmp_path):
-    from tensorboard.backend.event_processing.event_accumulator import (
-        EventAccumulator,
-    )
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     trainer, callback = hf_setup.trainer_with_callback(
         str(tmp_path), report_to="tensorboard", add_first=True
@@ -63,9 +61,7 @@ def test_a_nan_gradient_stops_training_naming_the_parameter(tmp_path):
 
 def test_diagnose_runs_at_the_end_when_asked(tmp_path):
     trainer, callback = hf_setup.trainer_with_callback(
-        str(tmp_path),
-        nan_call=5,
-        callback_options={"diagnose_at_end": True},
+        str(tmp_path), nan_call=5, callback_options={"diagnose_at_end": True}
     )
     trainer.train()
     assert callback.findings[0].kind == "non_finite"
@@ -156,11 +152,9 @@ def test_gradcourse_imports_without_transformers():
     code = (
         "import sys; sys.modules['transformers'] = None\n"
         "import gradcourse, gradcourse.monitor, gradcourse.train, "
-        "gradcourse.diagnosis, gradcourse.fsdp, gradcourse.noise_scale\n"
-        "try:\n"
+        "gradcourse.diagnosis, gradcourse.fsdp, gradcourse.noise_scale\ntry:\n"
         "    import gradcourse.hf\n"
-        "except ImportError as error:\n"
-        "    print('refused:', error)\n"
+        "except ImportError as error:\n    print('refused:', error)\n"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr

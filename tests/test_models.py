@@ -3,26 +3,12 @@ import torch
 import torch.nn.functional as F
 
 from gradcourse.grads import flat_grad
-from gradcourse.models import (
-    MLP,
-    RNN,
-    TinyGPT,
-    is_tied,
-    scaled_orthogonal_,
-    sinusoidal_positions,
-)
+from gradcourse.models import MLP, RNN, TinyGPT, is_tied, scaled_orthogonal_, sinusoidal_positions
 
 
 def small(**kwargs) -> TinyGPT:
     torch.manual_seed(0)
-    return TinyGPT(
-        vocab_size=50,
-        d_model=32,
-        n_layers=2,
-        n_heads=4,
-        max_len=16,
-        **kwargs,
-    )
+    return TinyGPT(vocab_size=50, d_model=32, n_layers=2, n_heads=4, max_len=16, **kwargs)
 
 
 def test_logits_have_shape_batch_length_vocab():
@@ -218,10 +204,7 @@ def test_vanilla_rnn_matches_its_equation():
 def test_rnn_refuses_bad_options():
     with pytest.raises(ValueError, match="activation must be 'tanh'"):
         RNN(2, 3, activation="sigmoid", cell="lstm")
-    with pytest.raises(
-        ValueError,
-        match=r"inputs must have shape \(batch, time, input_size\)",
-    ):
+    with pytest.raises(ValueError, match=r"inputs must have shape \(batch, time, input_size\)"):
         RNN(2, 3)(torch.randn(4, 2))
 
 
@@ -232,8 +215,7 @@ def test_checkpointed_forward_gives_the_same_gradients():
     for every in (0, 1):
         model.zero_grad()
         F.cross_entropy(
-            model(token_ids, checkpoint_every=every).reshape(-1, 50),
-            token_ids.reshape(-1),
+            model(token_ids, checkpoint_every=every).reshape(-1, 50), token_ids.reshape(-1)
         ).backward()
         gradients.append(flat_grad(model))
     assert torch.equal(gradients[0], gradients[1])
@@ -246,14 +228,7 @@ def test_checkpoint_every_refuses_a_negative_value():
 
 def small_gpt(tie_weights: bool = True) -> TinyGPT:
     torch.manual_seed(0)
-    return TinyGPT(
-        10,
-        d_model=8,
-        n_layers=1,
-        n_heads=2,
-        max_len=4,
-        tie_weights=tie_weights,
-    )
+    return TinyGPT(10, d_model=8, n_layers=1, n_heads=2, max_len=4, tie_weights=tie_weights)
 
 
 @pytest.mark.parametrize("bad_id", [10, 57, -1])
@@ -270,22 +245,12 @@ def test_tinygpt_refuses_an_empty_batch_or_sequence(shape):
 
 def test_tie_weights_must_be_a_bool():
     with pytest.raises(TypeError, match="tie_weights must be True or False, got 'no'"):
-        TinyGPT(
-            10,
-            d_model=8,
-            n_layers=1,
-            n_heads=2,
-            max_len=4,
-            tie_weights="no",
-        )
+        TinyGPT(10, d_model=8, n_layers=1, n_heads=2, max_len=4, tie_weights="no")
 
 
 def test_separate_meta_or_empty_tensors_are_not_tied():
     assert not is_tied(torch.empty(3, device="meta"), torch.empty(3, device="meta"))
-    assert not is_tied(
-        torch.nn.Parameter(torch.empty(0)),
-        torch.nn.Parameter(torch.empty(0)),
-    )
+    assert not is_tied(torch.nn.Parameter(torch.empty(0)), torch.nn.Parameter(torch.empty(0)))
 
 
 def test_an_untied_checkpoint_is_refused_by_a_tied_model():
@@ -308,10 +273,7 @@ def test_scaled_orthogonal_fills_a_low_precision_weight(dtype):
     scaled_orthogonal_(weight, 1.5)
     assert weight.dtype == dtype
     torch.testing.assert_close(
-        torch.linalg.svdvals(weight.float()),
-        torch.full((6,), 1.5),
-        atol=0.02,
-        rtol=0,
+        torch.linalg.svdvals(weight.float()), torch.full((6,), 1.5), atol=0.02, rtol=0
     )
 
 

@@ -91,11 +91,7 @@ def test_histograms_have_fixed_bins_and_count_every_value(tiny_gpt, backward):
         backward(model)
         monitor.record()
     history = monitor.history
-    assert history["histograms"].shape == (
-        1,
-        len(history["layer_names"]),
-        12,
-    )
+    assert history["histograms"].shape == (1, len(history["layer_names"]), 12)
     assert history["bin_edges"].shape == (13,)
     total = sum(p.numel() for p in model.parameters())
     assert history["histograms"].sum() == total
@@ -161,8 +157,7 @@ def test_first_nonfinite_gradient_raised_before_the_step_and_named(tiny_gpt, bac
         backward(model)
         model.final_norm.weight.grad[0] = float("nan")
         with pytest.raises(
-            NonFiniteGradientError,
-            match="step 0 in parameter 'final_norm.weight'",
+            NonFiniteGradientError, match="step 0 in parameter 'final_norm.weight'"
         ) as error:
             optimizer.step()
     assert error.value.parameter == "final_norm.weight"
@@ -230,10 +225,7 @@ def test_log_to_writes_scalars_and_histograms(tiny_gpt, train_steps):
     writer = FakeWriter()
     monitor.log_to(writer)
     assert ("gradients/global_norm", 1) in writer.scalars
-    assert (
-        "gradients/norm/lm_head",
-        0,
-    ) not in writer.scalars  # tied: no separate head
+    assert ("gradients/norm/lm_head", 0) not in writer.scalars  # tied: no separate head
     assert all(
         count
         == sum(
@@ -267,12 +259,7 @@ def test_find_module_says_when_the_output_gradient_arrived_non_finite(backward):
 
 @pytest.mark.parametrize(
     ("dtype", "entry"),
-    [
-        (torch.float32, 3e38),
-        (torch.float32, 1e20),
-        (torch.bfloat16, 3e20),
-        (torch.float16, 6e4),
-    ],
+    [(torch.float32, 3e38), (torch.float32, 1e20), (torch.bfloat16, 3e20), (torch.float16, 6e4)],
 )
 def test_finite_gradients_whose_norm_overflows_their_dtype_are_finite(dtype, entry):
     # the squares of these entries overflow the dtype (clip_grad_norm_'s float32 norm is inf for
@@ -369,8 +356,7 @@ def test_skip_step_ends_the_step_and_lists_it(tiny_gpt, backward):
 
 
 @pytest.mark.parametrize(
-    "bad_range",
-    [(float("-inf"), 1.0), (0.0, float("nan")), ("a", "b"), (1.0,)],
+    "bad_range", [(float("-inf"), 1.0), (0.0, float("nan")), ("a", "b"), (1.0,)]
 )
 def test_a_histogram_range_that_is_not_two_finite_numbers_is_refused(bad_range, tiny_gpt):
     with pytest.raises(ValueError, match="histogram_range"):
@@ -380,11 +366,7 @@ def test_a_histogram_range_that_is_not_two_finite_numbers_is_refused(bad_range, 
 def test_find_module_works_with_in_place_modules(backward):
     torch.manual_seed(0)
     model = nn.Sequential(
-        nn.Linear(3, 3),
-        nn.ReLU(inplace=True),
-        nn.Linear(3, 3),
-        Sqrt(),
-        nn.Linear(3, 1),
+        nn.Linear(3, 3), nn.ReLU(inplace=True), nn.Linear(3, 3), Sqrt(), nn.Linear(3, 1)
     )
     nn.init.zeros_(model[2].weight)
     nn.init.zeros_(model[2].bias)  # sqrt sees exact zeros
@@ -401,14 +383,10 @@ def test_importing_the_monitor_leaves_the_warning_filters_alone():
     script = (
         "import warnings, numpy, torch, torch.nn, gradcourse._validate; "
         "before = list(warnings.filters); "
-        "import gradcourse.monitor; print(before == "
-        "list(warnings.filters))"
+        "import gradcourse.monitor; print(before == list(warnings.filters))"
     )
     result = subprocess.run(
-        [sys.executable, "-c", script],
-        capture_output=True,
-        text=True,
-        check=True,
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True
     )
     assert result.stdout.strip() == "True"
 

@@ -38,9 +38,8 @@ def test_per_example_estimate_is_the_two_batch_one_with_batches_of_1():
     per_example = per_example_gradients(model, F.cross_entropy, inputs, labels)
     direct = simple_noise_scale(per_example)
     two_batches = noise_scale_from_two_batches(
-        per_example.pow(2).sum(1).mean().item(), 1,
-        per_example.mean(0).pow(2).sum().item(), 16,
-    )  # fmt: skip
+        per_example.pow(2).sum(1).mean().item(), 1, per_example.mean(0).pow(2).sum().item(), 16
+    )
     for key in direct:
         assert direct[key] == pytest.approx(two_batches[key], rel=1e-10)
 

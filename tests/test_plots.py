@@ -65,16 +65,10 @@ def test_label_refuses_something_that_is_not_axes():
 
 def test_layer_histograms_draws_one_labelled_panel_per_layer():
     fig = layer_histograms(
-        {
-            "layer1.weight": torch.randn(10, 5),
-            "layer2.weight": torch.randn(3, 10),
-        }
+        {"layer1.weight": torch.randn(10, 5), "layer2.weight": torch.randn(3, 10)}
     )
     axes = fig.get_axes()
-    assert [ax.get_title() for ax in axes] == [
-        "layer1.weight",
-        "layer2.weight",
-    ]
+    assert [ax.get_title() for ax in axes] == ["layer1.weight", "layer2.weight"]
     assert all(ax.get_xlabel() and ax.get_ylabel() for ax in axes)
     plt.close(fig)
 
@@ -115,11 +109,7 @@ def _history():
 
 
 def test_monitor_plots_label_their_axes():
-    from gradcourse.plots import (
-        histogram_over_time,
-        norm_heatmap,
-        update_ratio_lines,
-    )
+    from gradcourse.plots import histogram_over_time, norm_heatmap, update_ratio_lines
 
     history = _history()
     for fig in (
@@ -143,11 +133,7 @@ def test_monitor_plots_refuse_an_empty_history():
 
     with pytest.raises(ValueError, match="no step was recorded"):
         norm_heatmap(
-            {
-                "layer_norms": np.zeros((0, 2)),
-                "steps": np.array([]),
-                "layer_names": ["a", "b"],
-            }
+            {"layer_norms": np.zeros((0, 2)), "steps": np.array([]), "layer_names": ["a", "b"]}
         )
 
 

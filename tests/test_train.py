@@ -30,13 +30,7 @@ def fresh_model() -> nn.Linear:
 
 def test_train_lowers_the_loss_and_returns_one_loss_per_step():
     model = fresh_model()
-    losses = train(
-        model,
-        regression(),
-        mse,
-        torch.optim.SGD(model.parameters(), lr=0.1),
-        steps=40,
-    )
+    losses = train(model, regression(), mse, torch.optim.SGD(model.parameters(), lr=0.1), steps=40)
     assert len(losses) == 40 and losses[-1] < 0.1 * losses[0]
 
 
@@ -80,14 +74,7 @@ def test_bfloat16_autocast_in_the_loss_and_a_grad_scaler_run_on_cpu():
     model = fresh_model()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
     scaler = torch.amp.GradScaler("cpu")
-    losses = train(
-        model,
-        regression(),
-        autocast_mse,
-        optimizer,
-        steps=40,
-        scaler=scaler,
-    )
+    losses = train(model, regression(), autocast_mse, optimizer, steps=40, scaler=scaler)
     assert losses[-1] < losses[0]
 
 
@@ -164,11 +151,7 @@ def test_train_says_when_the_batches_run_out():
     model = fresh_model()
     with pytest.raises(ValueError, match="batches ran out at step 2"):
         train(
-            model,
-            regression(batches=2),
-            mse,
-            torch.optim.SGD(model.parameters(), lr=0.1),
-            steps=3,
+            model, regression(batches=2), mse, torch.optim.SGD(model.parameters(), lr=0.1), steps=3
         )
 
 
@@ -192,10 +175,7 @@ def per_example_mse(model: nn.Module, batch) -> torch.Tensor:
 
 def _unequal_split():
     ((inputs, targets),) = regression(batches=1, batch_size=10)
-    return [(inputs[:3], targets[:3]), (inputs[3:], targets[3:])], (
-        inputs,
-        targets,
-    )
+    return [(inputs[:3], targets[:3]), (inputs[3:], targets[3:])], (inputs, targets)
 
 
 def test_accumulate_by_examples_is_exact_for_unequal_micro_batches():
@@ -227,14 +207,10 @@ def test_accumulate_gradients_refuses_an_unknown_normalisation():
     from gradcourse.train import accumulate_gradients
 
     with pytest.raises(
-        ValueError,
-        match="normalize must be 'examples' or 'micro_batches', got 'tokens'",
+        ValueError, match="normalize must be 'examples' or 'micro_batches', got 'tokens'"
     ):
         accumulate_gradients(
-            fresh_model(),
-            _unequal_split()[0],
-            per_example_mse,
-            normalize="tokens",
+            fresh_model(), _unequal_split()[0], per_example_mse, normalize="tokens"
         )
 
 
@@ -243,10 +219,7 @@ def test_a_scaler_overflow_is_a_skipped_step_for_the_monitor():
     monitor = GradientMonitor(model)
     data = regression(batches=4)
     # the loss of step 1 overflows
-    poisoned = (
-        data[1][0],
-        data[1][1] * float("inf"),
-    )
+    poisoned = (data[1][0], data[1][1] * float("inf"))
     losses = train(
         model,
         [data[0], poisoned, data[2], data[3]],
@@ -265,13 +238,7 @@ def test_a_nan_loss_without_a_scaler_stops_training_before_the_step():
     data = regression(batches=3)
     data[1] = (data[1][0], data[1][1] * float("nan"))
     with pytest.raises(FloatingPointError, match="loss is not finite at step 1"):
-        train(
-            model,
-            data,
-            mse,
-            torch.optim.SGD(model.parameters(), lr=0.05),
-            steps=3,
-        )
+        train(model, data, mse, torch.optim.SGD(model.parameters(), lr=0.05), steps=3)
     assert all(torch.isfinite(p).all() for p in model.parameters())
 
 
@@ -294,9 +261,7 @@ def test_accumulate_gradients_refuses_a_micro_batch_without_examples():
     ((inputs, targets),) = regression(batches=1, batch_size=4)
     with pytest.raises(ValueError, match="micro-batch 1 has no example"):
         accumulate_gradients(
-            fresh_model(),
-            [(inputs, targets), (inputs[:0], targets[:0])],
-            per_example_mse,
+            fresh_model(), [(inputs, targets), (inputs[:0], targets[:0])], per_example_mse
         )
 
 

@@ -51,18 +51,14 @@ def docstring_text() -> str:
     """The docstrings of :data:`MODULES` and their public members, modules
     and members sorted."""
     if sys.flags.optimize >= 2:
-        raise SystemExit(
-            "run without -OO: it strips the docstrings this script reads"
-        )
+        raise SystemExit("run without -OO: it strips the docstrings this script reads")
     pieces: list[str] = []
     for module_name in MODULES:
         module = importlib.import_module(module_name)
         pieces.append(inspect.getdoc(module) or "")
         for name in sorted(vars(module)):
             member = getattr(module, name)
-            if name.startswith("_") or not (
-                inspect.isclass(member) or inspect.isfunction(member)
-            ):
+            if name.startswith("_") or not (inspect.isclass(member) or inspect.isfunction(member)):
                 continue
             if getattr(member, "__module__", None) == module_name:
                 pieces.append(inspect.getdoc(member) or "")
@@ -78,16 +74,12 @@ def compressed(text: str) -> bytes:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--check",
-        action="store_true",
-        help="compare with the committed file only",
+        "--check", action="store_true", help="compare with the committed file only"
     )
     args = parser.parse_args(argv)
     data = compressed(docstring_text())
     if args.check:
-        same = CORPUS.exists() and gzip.decompress(
-            CORPUS.read_bytes()
-        ) == gzip.decompress(data)
+        same = CORPUS.exists() and gzip.decompress(CORPUS.read_bytes()) == gzip.decompress(data)
         print(
             "corpus up to date"
             if same
@@ -95,9 +87,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 0 if same else 1
     CORPUS.write_bytes(data)
-    shutil.copyfile(
-        Path(sysconfig.get_paths()["stdlib"]) / "LICENSE.txt", LICENSE
-    )
+    shutil.copyfile(Path(sysconfig.get_paths()["stdlib"]) / "LICENSE.txt", LICENSE)
     print(
         f"wrote {CORPUS.relative_to(ROOT)} ({len(data):,} bytes) with "
         f"Python {sys.version.split()[0]}"

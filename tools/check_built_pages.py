@@ -125,9 +125,7 @@ class QuietHandler(http.server.SimpleHTTPRequestHandler):
         path = Path(self.translate_path(self.path))
         if path.suffix != ".html" or not path.is_file():
             return super().send_head()
-        body = path.read_bytes().replace(
-            b"</body>", MEASURE_OVERFLOW + b"</body>"
-        )
+        body = path.read_bytes().replace(b"</body>", MEASURE_OVERFLOW + b"</body>")
         self.send_response(200)
         self.send_header("Content-Type", "text/html; charset=utf-8")
         self.send_header("Content-Length", str(len(body)))
@@ -140,28 +138,19 @@ def rendered_dom(browser: str, url: str) -> str:
     Chromium serialises it."""
     with tempfile.TemporaryDirectory() as profile:
         result = subprocess.run(
-            [
-                browser,
-                *CHROMIUM_FLAGS,
-                f"--user-data-dir={profile}",
-                "--dump-dom",
-                url,
-            ],
+            [browser, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "--dump-dom", url],
             capture_output=True,
             text=True,
             timeout=120,
         )
     if result.returncode != 0 or "<html" not in result.stdout:
         raise RuntimeError(
-            f"chromium failed on {url} (exit {result.returncode}): "
-            f"{result.stderr[-2000:]}"
+            f"chromium failed on {url} (exit {result.returncode}): {result.stderr[-2000:]}"
         )
     return result.stdout
 
 
-def check_page(
-    html: str, page: Path, chapter: str, repository_url: str
-) -> list[str]:
+def check_page(html: str, page: Path, chapter: str, repository_url: str) -> list[str]:
     """Every problem found on one chapter page (empty when the page is
     fine)."""
     soup = BeautifulSoup(html, "html.parser")
@@ -178,42 +167,30 @@ def check_page(
         problems.append("no figure in the outputs")
     for img in images:
         src = img.get("src", "")
-        if (
-            not src.startswith("data:")
-            and not (page.parent / src).resolve().is_file()
-        ):
+        if not src.startswith("data:") and not (page.parent / src).resolve().is_file():
             problems.append(f"figure {src} is missing from the built site")
     math = soup.find_all("mjx-container")
     if not math:
         problems.append("no rendered math (no mjx-container after load)")
     mathjax_scripts = [
-        s.get("src", "")
-        for s in soup.find_all("script")
-        if "mathjax" in s.get("src", "").lower()
+        s.get("src", "") for s in soup.find_all("script") if "mathjax" in s.get("src", "").lower()
     ]
     # MathJax loads its extensions from the page's own origin at run time
     if not mathjax_scripts or any(
-        "://" in src and not src.startswith(LOCAL_ORIGINS)
-        for src in mathjax_scripts
+        "://" in src and not src.startswith(LOCAL_ORIGINS) for src in mathjax_scripts
     ):
-        problems.append(
-            "MathJax must be served by the site itself, found "
-            f"{mathjax_scripts}"
-        )
+        problems.append(f"MathJax must be served by the site itself, found {mathjax_scripts}")
     remote_scripts = [
         s["src"]
         for s in soup.find_all("script", src=True)
         if "://" in s["src"] and not s["src"].startswith(LOCAL_ORIGINS)
     ]
     if remote_scripts:
-        problems.append(
-            f"scripts loaded from another site: {remote_scripts}"
-        )
+        problems.append(f"scripts loaded from another site: {remote_scripts}")
     citations = [
         a
         for a in soup.find_all("a", href=True)
-        if a["href"].split("#")[0].endswith("references.html")
-        and "#" in a["href"]
+        if a["href"].split("#")[0].endswith("references.html") and "#" in a["href"]
     ]
     if not citations:
         problems.append("no citation linking to the references page")
@@ -229,9 +206,7 @@ def check_page(
     blocks, wide_lines, columns = overflow(soup)
     share = len(wide_lines) / max(blocks, 1)
     if blocks == 0:
-        problems.append(
-            "no overflow report: the measuring script did not run"
-        )
+        problems.append("no overflow report: the measuring script did not run")
     elif share > MAX_OVERFLOW_SHARE:
         examples = "; ".join(repr(line[:90]) for line in wide_lines[:3])
         problems.append(
@@ -242,8 +217,7 @@ def check_page(
     print(
         f"{chapter}: {len(outputs)} outputs, {len(images)} figures, "
         f"{len(math)} math elements, {len(citations)} citation links, "
-        f"{len(wide_lines)}/{blocks} blocks overflow, "
-        f"code lines of {columns} characters fit"
+        f"{len(wide_lines)}/{blocks} blocks overflow, code lines of {columns} characters fit"
     )
     for line in wide_lines:
         print(f"    overflows: {line[:100]!r}")
@@ -272,10 +246,7 @@ def main(argv: list[str]) -> int:
     site = Path(argv[0]).resolve()
     browser = shutil.which("chromium") or shutil.which("chromium-browser")
     if browser is None:
-        print(
-            "chromium not found: install Debian's chromium package "
-            "(apt-get install chromium)"
-        )
+        print("chromium not found: install Debian's chromium package (apt-get install chromium)")
         return 2
     url = repository_url()
     failures = []
@@ -287,15 +258,11 @@ def main(argv: list[str]) -> int:
                 continue
             html = rendered_dom(browser, f"{base_url}/{chapter}.html")
             failures += [
-                f"{chapter}: {problem}"
-                for problem in check_page(html, page, chapter, url)
+                f"{chapter}: {problem}" for problem in check_page(html, page, chapter, url)
             ]
     for failure in failures:
         print(f"FAIL {failure}")
-    print(
-        f"built pages: {len(chapter_files())} chapters checked, "
-        f"{len(failures)} problems"
-    )
+    print(f"built pages: {len(chapter_files())} chapters checked, {len(failures)} problems")
     return 1 if failures else 0
 
 

@@ -22,10 +22,7 @@ def repository_url(config_path: Path = ROOT / "_config.yml") -> str:
     config = yaml.safe_load(config_path.read_text())
     url = (config.get("repository") or {}).get("url")
     if not isinstance(url, str) or not url.startswith("https://"):
-        raise ValueError(
-            f"{config_path}: repository.url must be an https URL, got "
-            f"{url!r}"
-        )
+        raise ValueError(f"{config_path}: repository.url must be an https URL, got {url!r}")
     return url.rstrip("/")
 
 
@@ -33,11 +30,7 @@ def chapter_files(toc_path: Path = ROOT / "_toc.yml") -> list[str]:
     """The chapter notebooks listed in ``_toc.yml``, as paths without
     suffix (``chapters/01_...``)."""
     toc = yaml.safe_load(toc_path.read_text())
-    files = [
-        entry["file"]
-        for part in toc.get("parts", [])
-        for entry in part.get("chapters", [])
-    ]
+    files = [entry["file"] for part in toc.get("parts", []) for entry in part.get("chapters", [])]
     return [name for name in files if name.startswith("chapters/")]
 
 

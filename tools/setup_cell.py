@@ -49,9 +49,7 @@ def setup_cell_source(url: str | None = None) -> str:
     return TEMPLATE.replace("{url}", url or repository_url())
 
 
-def first_cell_is_setup(
-    notebook: nbformat.NotebookNode, source: str
-) -> bool:
+def first_cell_is_setup(notebook: nbformat.NotebookNode, source: str) -> bool:
     if not notebook.cells:
         return False
     cell = notebook.cells[0]
@@ -67,17 +65,11 @@ def write_setup_cell(path: Path, source: str) -> None:
     (replacing an old setup cell), strip outputs."""
     notebook = nbformat.read(path, as_version=4)
     first = notebook.cells[0] if notebook.cells else None
-    if (
-        first is not None
-        and first.cell_type == "code"
-        and "tools/setup_cell.py" in first.source
-    ):
+    if first is not None and first.cell_type == "code" and "tools/setup_cell.py" in first.source:
         first.source = source
         first.metadata["tags"] = list(SETUP_TAGS)
     else:
-        cell = nbformat.v4.new_code_cell(
-            source, metadata={"tags": list(SETUP_TAGS)}
-        )
+        cell = nbformat.v4.new_code_cell(source, metadata={"tags": list(SETUP_TAGS)})
         cell.id = "setup"
         notebook.cells.insert(0, cell)
     for other in notebook.cells:
@@ -90,26 +82,18 @@ def write_setup_cell(path: Path, source: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--check",
-        action="store_true",
-        help="only report chapters whose setup cell differs",
+        "--check", action="store_true", help="only report chapters whose setup cell differs"
     )
     args = parser.parse_args(argv)
     source = setup_cell_source()
     stale = [
         path
         for path in chapter_paths()
-        if not first_cell_is_setup(
-            nbformat.read(path, as_version=4), source
-        )
+        if not first_cell_is_setup(nbformat.read(path, as_version=4), source)
     ]
     if args.check:
         for path in stale:
-            print(
-                f"{path.relative_to(ROOT)}: setup cell differs; run "
-                "python "
-                "tools/setup_cell.py"
-            )
+            print(f"{path.relative_to(ROOT)}: setup cell differs; run python tools/setup_cell.py")
         return 1 if stale else 0
     for path in chapter_paths():
         write_setup_cell(path, source)

@@ -56,9 +56,7 @@ def glued_numbers(notebook) -> dict[str, float]:
     found = {}
     for cell in notebook.cells:
         for output in cell.get("outputs", []):
-            name = (
-                output.get("metadata", {}).get("scrapbook", {}).get("name")
-            )
+            name = output.get("metadata", {}).get("scrapbook", {}).get("name")
             try:
                 found[name] = float(output.get("data", {}).get(RECORD, ""))
             except ValueError:
@@ -70,14 +68,11 @@ def run_chapter(
     path: Path, offset: int, capability: str | None
 ) -> tuple[str, int, str, float, dict]:
     os.environ.update(
-        IPYTHONDIR=str(STARTUP_DIR),
-        GRADCOURSE_SEED_OFFSET=str(offset),
-        OMP_NUM_THREADS="1",
+        IPYTHONDIR=str(STARTUP_DIR), GRADCOURSE_SEED_OFFSET=str(offset), OMP_NUM_THREADS="1"
     )
     if capability:
         os.environ.update(
-            ATEN_CPU_CAPABILITY=capability,
-            MKL_ENABLE_INSTRUCTIONS=capability.upper(),
+            ATEN_CPU_CAPABILITY=capability, MKL_ENABLE_INSTRUCTIONS=capability.upper()
         )
     notebook = nbformat.read(path, as_version=4)
     client = NotebookClient(
@@ -95,61 +90,38 @@ def run_chapter(
         plain = re.sub(r"\x1b\[[0-9;]*m", "", str(error))
         lines = [line for line in plain.splitlines() if line.strip()]
         result = "FAIL " + " | ".join(lines[-3:])[:400]
-    return (
-        path.stem,
-        offset,
-        result,
-        time.perf_counter() - start,
-        glued_numbers(notebook),
-    )
+    return (path.stem, offset, result, time.perf_counter() - start, glued_numbers(notebook))
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("chapters", nargs="*", type=Path)
+    parser.add_argument("--offsets", default="1", help="seed offsets, e.g. 0-9 or 1,5,7")
     parser.add_argument(
-        "--offsets", default="1", help="seed offsets, e.g. 0-9 or 1,5,7"
-    )
-    parser.add_argument(
-        "--capability",
-        default=None,
-        help="ATEN_CPU_CAPABILITY: default, avx2, avx512",
+        "--capability", default=None, help="ATEN_CPU_CAPABILITY: default, avx2, avx512"
     )
     parser.add_argument("--jobs", type=int, default=2)
     args = parser.parse_args(argv)
     chapters = args.chapters or chapter_paths()
     runs = [
-        (path.resolve(), offset)
-        for offset in parse_offsets(args.offsets)
-        for path in chapters
+        (path.resolve(), offset) for offset in parse_offsets(args.offsets) for path in chapters
     ]
     failures, values = 0, {}
     with ProcessPoolExecutor(args.jobs) as pool:
         futures = [
-            pool.submit(run_chapter, path, offset, args.capability)
-            for path, offset in runs
+            pool.submit(run_chapter, path, offset, args.capability) for path, offset in runs
         ]
         for future in futures:
             stem, offset, result, seconds, glued = future.result()
             failures += result != "ok"
-            print(
-                f"{stem:40} offset {offset:>5} {seconds:6.1f} s  {result}",
-                flush=True,
-            )
+            print(f"{stem:40} offset {offset:>5} {seconds:6.1f} s  {result}", flush=True)
             for name, value in glued.items():
                 values.setdefault((stem[:2], name), []).append(value)
-    print(
-        f"\n{'chapter':7} {'glued number':40} {'runs':>4} {'min':>11} "
-        f"{'max':>11}"
-    )
+    print(f"\n{'chapter':7} {'glued number':40} {'runs':>4} {'min':>11} {'max':>11}")
     for (chapter, name), found in sorted(values.items()):
-        print(
-            f"{chapter:7} {name:40} {len(found):4} {min(found):11.4g} "
-            f"{max(found):11.4g}"
-        )
+        print(f"{chapter:7} {name:40} {len(found):4} {min(found):11.4g} {max(found):11.4g}")
     print(f"{len(runs) - failures} passed, {failures} failed")
     return 1 if failures else 0
 

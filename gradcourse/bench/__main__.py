@@ -19,34 +19,23 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m gradcourse.bench")
     commands = parser.add_subparsers(dest="command", required=True)
     bench = commands.add_parser(
-        "embedding",
-        help="the embedding backward, every method vs PyTorch's own",
+        "embedding", help="the embedding backward, every method vs PyTorch's own"
     )
     bench.add_argument(
-        "--vocab",
-        type=int,
-        default=50257,
-        help="rows of the embedding (default: GPT-2's 50257)",
+        "--vocab", type=int, default=50257, help="rows of the embedding (default: GPT-2's 50257)"
     )
     bench.add_argument(
-        "--dim",
-        type=int,
-        default=768,
-        help="embedding width (default: GPT-2 small's 768)",
+        "--dim", type=int, default=768, help="embedding width (default: GPT-2 small's 768)"
     )
     bench.add_argument(
-        "--tokens",
-        type=int,
-        default=8 * 1024,
-        help="tokens per step (default: 8 x 1024)",
+        "--tokens", type=int, default=8 * 1024, help="tokens per step (default: 8 x 1024)"
     )
     bench.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     bench.add_argument("--dtype", default="float32", choices=tuple(embedding.DTYPES))
     bench.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     bench.add_argument("--rounds", type=int, default=10)
     watch = commands.add_parser(
-        "monitor",
-        help="training-step time with no monitor, a naive one, GradientMonitor",
+        "monitor", help="training-step time with no monitor, a naive one, GradientMonitor"
     )
     watch.add_argument("--vocab", type=int, default=2000)
     watch.add_argument("--d-model", type=int, default=128)
@@ -56,18 +45,13 @@ def main(argv: list[str] | None = None) -> int:
     watch.add_argument("--batch", type=int, default=8)
     watch.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     watch.add_argument("--rounds", type=int, default=300)
-    watch.add_argument(
-        "--no-histograms",
-        action="store_true",
-        help="norms and update ratios only",
-    )
+    watch.add_argument("--no-histograms", action="store_true", help="norms and update ratios only")
     watch.add_argument(
         "--processes",
         type=int,
         default=1,
         help="2 or more: time a DDP and an FSDP2 step with and without "
-        "the monitor in that many CPU processes (gloo); --batch is then "
-        "per process",
+        "the monitor in that many CPU processes (gloo); --batch is then per process",
     )
     watch.add_argument(
         "--parallel",
@@ -96,28 +80,14 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(str(error))
     print(
         embedding.format_table(
-            rows,
-            args.vocab,
-            args.dim,
-            args.tokens,
-            args.device,
-            args.dtype,
-            distinct_ids,
+            rows, args.vocab, args.dim, args.tokens, args.device, args.dtype, distinct_ids
         )
     )
     return 0
 
 
 def _monitor(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
-    for name in (
-        "vocab",
-        "d_model",
-        "layers",
-        "heads",
-        "length",
-        "batch",
-        "rounds",
-    ):
+    for name in ("vocab", "d_model", "layers", "heads", "length", "batch", "rounds"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     if args.processes != 1:
@@ -139,8 +109,7 @@ def _monitor(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     print(
         monitor.format_table(
             rows,
-            f"TinyGPT vocab {args.vocab}, d_model {args.d_model}, "
-            f"{args.layers} layers, "
+            f"TinyGPT vocab {args.vocab}, d_model {args.d_model}, {args.layers} layers, "
             f"{args.batch} x {args.length} tokens, AdamW, on "
             f"{args.device}",
         )

@@ -110,12 +110,15 @@ def run(
             f"need processes >= 2 and rounds >= 1, got processes={processes}, rounds={rounds}"
         )
     config = dict(
-        vocab=vocab, d_model=d_model, layers=layers, heads=heads,
-        length=length, batch=batch, rounds=rounds, warmup=warmup,
+        vocab=vocab,
+        d_model=d_model,
+        layers=layers,
+        heads=heads,
+        length=length,
+        batch=batch,
+        rounds=rounds,
+        warmup=warmup,
         histograms=histograms,
-    )  # fmt: skip
-    timed = launch(
-        worker, processes, tuple(modes), config, backend="gloo",
-        timeout=3600,
-    )[0]  # fmt: skip
+    )
+    timed = launch(worker, processes, tuple(modes), config, backend="gloo", timeout=3600)[0]
     return {mode: rows(samples, BASELINE) for mode, samples in timed.items()}

@@ -81,10 +81,7 @@ def run(
     def pytorch_sparse() -> torch.Tensor:
         return torch.ops.aten.embedding_sparse_backward(grad_output, token_ids, vocab, -1, False)
 
-    variants = {
-        "pytorch dense": pytorch_dense,
-        "pytorch sparse (uncoalesced)": pytorch_sparse,
-    }
+    variants = {"pytorch dense": pytorch_dense, "pytorch sparse (uncoalesced)": pytorch_sparse}
     for method in methods:
         # zipf_token_ids draws ids in range, and every result is compared
         # with PyTorch's below: the kernels are timed without the range
@@ -106,10 +103,7 @@ def run(
                 )
             result = result.to_dense()
         if not torch.allclose(
-            result.double(),
-            reference,
-            atol=tolerance * tokens**0.5,
-            rtol=tolerance,
+            result.double(), reference, atol=tolerance * tokens**0.5, rtol=tolerance
         ):
             raise AssertionError(f"{name}: gradient differs from PyTorch's dense backward")
 
@@ -135,13 +129,7 @@ def run(
 
 
 def format_table(
-    rows: list[Row],
-    vocab: int,
-    dim: int,
-    tokens: int,
-    device: str,
-    dtype: str,
-    unique: int,
+    rows: list[Row], vocab: int, dim: int, tokens: int, device: str, dtype: str, unique: int
 ) -> str:
     lines = [
         f"embedding backward: vocab {vocab}, dim {dim}, tokens {tokens} "
@@ -153,8 +141,7 @@ def format_table(
             "view" if row.gigabytes_per_second is None else f"{row.gigabytes_per_second:.2f}"
         )
         lines.append(
-            f"{row.name:<30} {row.seconds * 1e3:>10.3f} "
-            f"{row.relative:>10.2f}x "
+            f"{row.name:<30} {row.seconds * 1e3:>10.3f} {row.relative:>10.2f}x "
             f"{bandwidth:>8} {row.gradient_bytes:>15,}"
         )
     if any(row.is_view for row in rows):

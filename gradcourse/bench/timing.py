@@ -158,10 +158,7 @@ def rows(samples: dict[str, np.ndarray], baseline: str) -> list[Row]:
 
 def format_rows(table: list[Row], title: str) -> str:
     """``table`` as text: variant, median ms per call, overhead and its 95% interval."""
-    lines = [
-        title,
-        f"{'variant':<40} {'median ms':>10} {'overhead':>9} {'95% interval':>19}",
-    ]
+    lines = [title, f"{'variant':<40} {'median ms':>10} {'overhead':>9} {'95% interval':>19}"]
     for row in table:
         interval = f"[{100 * row.low:+.2f}%, {100 * row.high:+.2f}%]"
         lines.append(

@@ -14,17 +14,6 @@ uses, ``norm_placement`` *where* TinyGPT's LayerNorms sit.
 
 from gradcourse.models.mlp import MLP
 from gradcourse.models.rnn import RNN, scaled_orthogonal_
-from gradcourse.models.tinygpt import (
-    TinyGPT,
-    is_tied,
-    sinusoidal_positions,
-)
+from gradcourse.models.tinygpt import TinyGPT, is_tied, sinusoidal_positions
 
-__all__ = [
-    "MLP",
-    "RNN",
-    "TinyGPT",
-    "is_tied",
-    "scaled_orthogonal_",
-    "sinusoidal_positions",
-]
+__all__ = ["MLP", "RNN", "TinyGPT", "is_tied", "scaled_orthogonal_", "sinusoidal_positions"]

@@ -13,19 +13,9 @@ import math
 import torch
 import torch.nn as nn
 
-from gradcourse._validate import (
-    check_choice,
-    check_int,
-    check_number,
-    check_positive_int,
-)
+from gradcourse._validate import check_choice, check_int, check_number, check_positive_int
 
-ACTIVATIONS = {
-    "relu": nn.ReLU,
-    "tanh": nn.Tanh,
-    "sigmoid": nn.Sigmoid,
-    "linear": nn.Identity,
-}
+ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid, "linear": nn.Identity}
 INITS = ("standard", "xavier", "kaiming")
 NORMALIZATIONS = (None, "batch", "layer", "weight")
 

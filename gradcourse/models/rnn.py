@@ -11,17 +11,9 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from gradcourse._validate import (
-    check_choice,
-    check_number,
-    check_positive_int,
-)
+from gradcourse._validate import check_choice, check_number, check_positive_int
 
-RNN_ACTIVATIONS = {
-    "tanh": torch.tanh,
-    "sigmoid": torch.sigmoid,
-    "linear": lambda x: x,
-}
+RNN_ACTIVATIONS = {"tanh": torch.tanh, "sigmoid": torch.sigmoid, "linear": lambda x: x}
 CELLS = ("vanilla", "lstm", "gru")
 
 
@@ -101,11 +93,7 @@ class RNN(nn.Module):
             )
         if output_size is not None:
             check_positive_int("output_size", output_size)
-        self.cell_type, self.hidden_size, self.activation = (
-            cell,
-            hidden_size,
-            activation,
-        )
+        self.cell_type, self.hidden_size, self.activation = (cell, hidden_size, activation)
         if cell == "vanilla":
             self.input_weight = nn.Linear(input_size, hidden_size)
             self.recurrent = nn.Linear(hidden_size, hidden_size, bias=False)

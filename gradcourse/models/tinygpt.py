@@ -61,11 +61,7 @@ class CausalSelfAttention(nn.Module):
         # (B, H, T, d)
         q, k, v = (t.view(batch, length, self.n_heads, -1).transpose(1, 2) for t in (q, k, v))
         attended = F.scaled_dot_product_attention(
-            q,
-            k,
-            v,
-            is_causal=True,
-            dropout_p=self.dropout if self.training else 0.0,
+            q, k, v, is_causal=True, dropout_p=self.dropout if self.training else 0.0
         )
         return self.proj(attended.transpose(1, 2).reshape(batch, length, d_model))
 
@@ -78,13 +74,7 @@ class Block(nn.Module):
     + f(x))`` (the original transformer).
     """
 
-    def __init__(
-        self,
-        d_model: int,
-        n_heads: int,
-        norm_placement: str,
-        dropout: float,
-    ) -> None:
+    def __init__(self, d_model: int, n_heads: int, norm_placement: str, dropout: float) -> None:
         super().__init__()
         self.norm_placement = norm_placement
         self.norm_attention = nn.LayerNorm(d_model)
@@ -170,9 +160,7 @@ class TinyGPT(nn.Module):
         else:
             self.position_embedding = None
             self.register_buffer(
-                "sinusoidal",
-                sinusoidal_positions(max_len, d_model),
-                persistent=False,
+                "sinusoidal", sinusoidal_positions(max_len, d_model), persistent=False
             )
         self.dropout = nn.Dropout(dropout)
         self.blocks = nn.ModuleList(
@@ -202,11 +190,9 @@ class TinyGPT(nn.Module):
             and not torch.equal(embedding, head)
         ):
             raise ValueError(
-                "this TinyGPT ties lm_head to token_embedding, but the "
-                "checkpoint's "
+                "this TinyGPT ties lm_head to token_embedding, but the checkpoint's "
                 "lm_head.weight and token_embedding.weight differ (an "
-                "untied checkpoint): "
-                "load it into TinyGPT(..., tie_weights=False)"
+                "untied checkpoint): load it into TinyGPT(..., tie_weights=False)"
             )
 
     @staticmethod

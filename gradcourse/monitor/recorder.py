@@ -22,12 +22,7 @@ from gradcourse.monitor.layout import Layout
 from gradcourse.monitor.nonfinite import IN_PARAMETER_GRADIENT
 from gradcourse.monitor.options import MonitorOptions
 from gradcourse.monitor.packet import Packet, PendingPacket
-from gradcourse.monitor.statistics import (
-    EXACT_BELOW,
-    histogram_counts,
-    needs_exact,
-    squared_norms,
-)
+from gradcourse.monitor.statistics import EXACT_BELOW, histogram_counts, needs_exact, squared_norms
 from gradcourse.monitor.updates import UpdateTracker
 from gradcourse.monitor.watched import Watched
 

@@ -43,10 +43,6 @@ if OFFSET:
     torch.random.manual_seed = _shifted_manual_seed
     torch.Generator = _ShiftedGenerator
     np.random.seed = lambda seed=None: _numpy_seed(_shift(seed))
-    np.random.default_rng = lambda seed=None: _numpy_default_rng(
-        _shift(seed)
-    )
-    random.seed = lambda seed=None, *args, **kwargs: _random_seed(
-        _shift(seed), *args, **kwargs
-    )
+    np.random.default_rng = lambda seed=None: _numpy_default_rng(_shift(seed))
+    random.seed = lambda seed=None, *args, **kwargs: _random_seed(_shift(seed), *args, **kwargs)
     print(f"[seed offset {OFFSET}: every seed is shifted]")
