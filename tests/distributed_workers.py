@@ -116,33 +116,53 @@ def ddp_noise_scale(rank: int, world_size: int) -> tuple[dict, dict]:
     return measured, expected
 
 
-def noise_scale_with_an_unused_parameter(rank: int, world_size: int) -> dict:
-    """Rank 1's batch never reaches the second head (its gradient there is None): the
-    collective must still line up."""
+def noise_scale_with_an_unused_parameter(rank: int, world_size: int) -> tuple[dict, dict]:
+    """Rank 0's loss reads both heads, rank 1's only the first (its second head's gradient is
+    None): the DDP estimate, and the same from the per-rank gradients computed in one process
+    with the unused head's gradient as zeros."""
     import torch.nn.functional as F
 
-    from gradcourse.noise_scale import data_parallel_noise_scale
+    from gradcourse.noise_scale import data_parallel_noise_scale, noise_scale_from_two_batches
 
     class TwoHeads(torch.nn.Module):
         def __init__(self) -> None:
             super().__init__()
             self.heads = torch.nn.ModuleList(torch.nn.Linear(4, 2) for _ in range(2))
 
-        def forward(self, inputs: torch.Tensor, head: int) -> torch.Tensor:
-            return self.heads[head](inputs)
+        def forward(self, inputs: torch.Tensor, heads: int) -> torch.Tensor:
+            return sum(self.heads[index](inputs) for index in range(heads))
 
-    torch.manual_seed(0)
-    ddp = torch.nn.parallel.DistributedDataParallel(TwoHeads(), find_unused_parameters=True)
-    generator = torch.Generator().manual_seed(rank)
-    batch = (
-        torch.randn(8, 4, generator=generator),
-        torch.randint(0, 2, (8,), generator=generator),
+    def fresh() -> torch.nn.Module:
+        torch.manual_seed(0)
+        return TwoHeads().double()
+
+    def batch_of(part: int) -> tuple:
+        generator = torch.Generator().manual_seed(part)
+        inputs = torch.randn(8, 4, generator=generator, dtype=torch.float64)
+        return inputs, torch.randint(0, 2, (8,), generator=generator)
+
+    def loss_of(part: int):
+        def loss_fn(model, batch):
+            return F.cross_entropy(model(batch[0], heads=2 - part), batch[1])
+
+        return loss_fn
+
+    ddp = torch.nn.parallel.DistributedDataParallel(fresh(), find_unused_parameters=True)
+    measured = data_parallel_noise_scale(rank, world_size, ddp, loss_of(rank), batch_of(rank), 8)
+    local_grads = []
+    for part in range(world_size):
+        reference = fresh()
+        loss_of(part)(reference, batch_of(part)).backward()
+        local_grads.append(
+            [p.grad if p.grad is not None else torch.zeros_like(p) for p in reference.parameters()]
+        )
+    local_squares = [sum(g.pow(2).sum().item() for g in grads) for grads in local_grads]
+    averaged = [sum(parts) / world_size for parts in zip(*local_grads)]
+    big = sum(g.pow(2).sum().item() for g in averaged)
+    expected = noise_scale_from_two_batches(
+        sum(local_squares) / world_size, 8, big, 8 * world_size
     )
-
-    def loss_fn(model, batch):
-        return F.cross_entropy(model(batch[0], head=rank), batch[1])
-
-    return data_parallel_noise_scale(rank, world_size, ddp, loss_fn, batch, 8)
+    return measured, expected
 
 
 def trainer_under_ddp(rank: int, world_size: int) -> dict:

@@ -53,8 +53,10 @@ def test_a_dropped_monitor_is_collected_with_its_weight_copy(tiny_gpt, backward)
 
 def test_a_deep_copy_of_the_model_carries_no_monitor_hook(tiny_gpt, backward):
     model = tiny_gpt()
-    monitor = GradientMonitor(model, find_module=True, on_nonfinite="report")
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    monitor = GradientMonitor(model, optimizer, find_module=True, on_nonfinite="report").attach()
     twin = copy.deepcopy(model)
+    assert hooks_on(twin) == 0
     backward(twin, scale=float("nan"))  # the copy's backward is none of the monitor's business
     backward(model)
     assert monitor.record() is True and monitor.nonfinite_events == []
@@ -62,8 +64,10 @@ def test_a_deep_copy_of_the_model_carries_no_monitor_hook(tiny_gpt, backward):
 
 def test_torch_save_of_a_monitored_model_works(tiny_gpt, backward):
     model = tiny_gpt()
-    GradientMonitor(model, find_module=True)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    monitor = GradientMonitor(model, optimizer, find_module=True).attach()
     backward(model)
+    monitor.record()
     buffer = io.BytesIO()
     torch.save(model, buffer)
     buffer.seek(0)
