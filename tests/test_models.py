@@ -360,3 +360,51 @@ def test_a_meta_model_runs_forward_on_meta_ids():
         model = TinyGPT(10, d_model=8, n_layers=1, n_heads=2, max_len=4)
     ids = torch.zeros(2, 4, dtype=torch.long, device="meta")
     assert model(ids).shape == (2, 4, 10)
+
+
+@pytest.mark.parametrize("placement", ["pre", "post"])
+def test_rms_normalization_uses_rmsnorm_everywhere(placement):
+    model = TinyGPT(20, d_model=8, n_heads=2, norm_placement=placement, normalization="rms")
+    norms = [m for m in model.modules() if isinstance(m, (torch.nn.LayerNorm, torch.nn.RMSNorm))]
+    assert norms and all(isinstance(m, torch.nn.RMSNorm) for m in norms)
+
+
+def test_qk_norm_normalises_each_heads_queries_and_keys():
+    torch.manual_seed(0)
+    model = TinyGPT(20, d_model=8, n_layers=1, n_heads=2, max_len=6, qk_norm=True)
+    attention = model.blocks[0].attention
+    assert attention.q_norm.normalized_shape == (4,) and attention.k_norm.normalized_shape == (4,)
+    seen = {}
+    attention.k_norm.register_forward_hook(lambda m, args, out: seen.update(keys=out))
+    with torch.no_grad():
+        attention.qkv.weight.mul_(1000)  # huge keys before the norm...
+        model(torch.randint(0, 20, (2, 6)))
+    standardized = seen["keys"]  # ...are standardised over each head's 4 features
+    torch.testing.assert_close(standardized.mean(-1), torch.zeros(2, 2, 6), rtol=0, atol=1e-5)
+
+
+def test_every_parameter_of_an_rms_qk_norm_model_receives_a_gradient():
+    torch.manual_seed(0)
+    model = TinyGPT(20, d_model=8, n_layers=2, n_heads=2, max_len=6, normalization="rms",
+                    qk_norm=True)  # fmt: skip
+    ids = torch.randint(0, 20, (2, 6))
+    torch.nn.functional.cross_entropy(model(ids).reshape(-1, 20), ids.reshape(-1)).backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
+
+
+def test_the_defaults_keep_the_original_parameters():
+    names = [name for name, _ in TinyGPT(20, d_model=8, n_heads=2).named_parameters()]
+    assert not any("q_norm" in name or "k_norm" in name for name in names)
+    assert "final_norm.bias" in names
+
+
+@pytest.mark.parametrize(
+    ("options", "error", "message"),
+    [
+        ({"normalization": "batch"}, ValueError, "normalization must be one of"),
+        ({"qk_norm": 1}, TypeError, "qk_norm must be True or False"),
+    ],
+)
+def test_bad_normalization_options_are_refused(options, error, message):
+    with pytest.raises(error, match=message):
+        TinyGPT(20, d_model=8, n_heads=2, **options)

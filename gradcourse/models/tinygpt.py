@@ -4,7 +4,8 @@ storage test of weight tying.
 Taught in: Chapter 3 introduces :class:`TinyGPT` (its token embedding);
 Chapter 5 ties its input and output embeddings (:func:`is_tied`); Chapter 7
 compares its pre-LN and post-LN forms; Chapter 9 monitors its training;
-Chapter 10 checkpoints its blocks.
+Chapter 10 checkpoints its blocks; Chapter 12 differentiates it by hand (with RMSNorm and
+query/key normalisation too) and Chapter 13 trains it at high learning rates.
 """
 
 from __future__ import annotations
@@ -26,6 +27,15 @@ from gradcourse._validate import (
 
 POSITIONAL = ("learned", "sinusoidal")
 NORM_PLACEMENTS = ("pre", "post")
+NORMALIZATIONS = ("layer", "rms")
+NORM_EPS = 1e-5  # LayerNorm's default, used by RMSNorm too (Chapter 12 differentiates both)
+
+
+def make_norm(kind: str, size: int) -> nn.Module:
+    """``nn.LayerNorm(size)`` for ``"layer"`` or ``nn.RMSNorm(size)`` for ``"rms"``, both with
+    ``eps = NORM_EPS`` and a learned weight (LayerNorm also a bias)."""
+    check_choice("normalization", kind, NORMALIZATIONS)
+    return nn.LayerNorm(size, eps=NORM_EPS) if kind == "layer" else nn.RMSNorm(size, eps=NORM_EPS)
 
 
 def sinusoidal_positions(max_len: int, d_model: int) -> torch.Tensor:
@@ -46,20 +56,39 @@ def sinusoidal_positions(max_len: int, d_model: int) -> torch.Tensor:
 
 class CausalSelfAttention(nn.Module):
     """Multi-head self-attention in which position t attends to positions
-    <= t. Input and output ``(B, T, d_model)``."""
+    <= t. Input and output ``(B, T, d_model)``.
 
-    def __init__(self, d_model: int, n_heads: int, dropout: float) -> None:
+    With ``qk_norm`` the queries and the keys of every head are normalised over the head's ``d``
+    features (``q_norm``, ``k_norm``: one normalisation of ``normalization``'s kind shared by the
+    heads) before their dot products, as in Dehghani et al. (2023) and Wortsman et al. (2023):
+    a logit ``q . k / sqrt(d)`` is then bounded by the norms' weights, whatever the weights of
+    ``qkv`` grow to (Chapters 12 and 13).
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        n_heads: int,
+        dropout: float,
+        qk_norm: bool = False,
+        normalization: str = "layer",
+    ) -> None:
         super().__init__()
         self.n_heads = n_heads
         self.qkv = nn.Linear(d_model, 3 * d_model)
         self.proj = nn.Linear(d_model, d_model)
         self.dropout = dropout
+        head_size = d_model // n_heads
+        self.q_norm = make_norm(normalization, head_size) if qk_norm else None
+        self.k_norm = make_norm(normalization, head_size) if qk_norm else None
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         batch, length, d_model = hidden.shape
         q, k, v = self.qkv(hidden).split(d_model, dim=2)
         # (B, H, T, d)
         q, k, v = (t.view(batch, length, self.n_heads, -1).transpose(1, 2) for t in (q, k, v))
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
         attended = F.scaled_dot_product_attention(
             q, k, v, is_causal=True, dropout_p=self.dropout if self.training else 0.0
         )
@@ -68,18 +97,26 @@ class CausalSelfAttention(nn.Module):
 
 class Block(nn.Module):
     """One transformer block: attention and an MLP, each with a residual
-    connection and a LayerNorm.
+    connection and a normalisation (LayerNorm, or RMSNorm with ``normalization="rms"``).
 
     ``norm_placement="pre"``: ``x + f(LN(x))`` (GPT-2); ``"post"``: ``LN(x
     + f(x))`` (the original transformer).
     """
 
-    def __init__(self, d_model: int, n_heads: int, norm_placement: str, dropout: float) -> None:
+    def __init__(
+        self,
+        d_model: int,
+        n_heads: int,
+        norm_placement: str,
+        dropout: float,
+        normalization: str = "layer",
+        qk_norm: bool = False,
+    ) -> None:
         super().__init__()
         self.norm_placement = norm_placement
-        self.norm_attention = nn.LayerNorm(d_model)
-        self.attention = CausalSelfAttention(d_model, n_heads, dropout)
-        self.norm_mlp = nn.LayerNorm(d_model)
+        self.norm_attention = make_norm(normalization, d_model)
+        self.attention = CausalSelfAttention(d_model, n_heads, dropout, qk_norm, normalization)
+        self.norm_mlp = make_norm(normalization, d_model)
         self.mlp = nn.Sequential(
             nn.Linear(d_model, 4 * d_model),
             nn.GELU(),
@@ -115,10 +152,14 @@ class TinyGPT(nn.Module):
             residual addition; ``final_norm`` is then the identity, as the
             last block already normalises).
         dropout: dropout probability in [0, 1).
+        normalization: ``"layer"`` (LayerNorm, GPT-2's) or ``"rms"`` (RMSNorm, Llama's): the
+            kind of every normalisation, ``final_norm`` and ``qk_norm``'s included.
+        qk_norm: normalise each head's queries and keys before their dot products
+            (:class:`CausalSelfAttention`).
 
     ``forward(token_ids)`` maps ``(B, T)`` integer ids, ``T <= max_len``,
     to logits ``(B, T, vocab_size)``. Weights are initialised as GPT-2's:
-    normal(0, 0.02), zero biases, LayerNorm at (1, 0), but without GPT-2's
+    normal(0, 0.02), zero biases, normalisations at (1, 0), but without GPT-2's
     extra ``1/sqrt(2 * n_layers)`` scaling of the residual projections
     (``attention.proj`` and the MLP's output layer).
     """
@@ -134,6 +175,8 @@ class TinyGPT(nn.Module):
         positional: str = "learned",
         norm_placement: str = "pre",
         dropout: float = 0.0,
+        normalization: str = "layer",
+        qk_norm: bool = False,
     ) -> None:
         super().__init__()
         for name, value in (
@@ -151,8 +194,10 @@ class TinyGPT(nn.Module):
         check_number("dropout", dropout, minimum=0)
         if not dropout < 1:
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
-        if not isinstance(tie_weights, bool):
-            raise TypeError(f"tie_weights must be True or False, got {tie_weights!r}")
+        check_choice("normalization", normalization, NORMALIZATIONS)
+        for name, flag in (("tie_weights", tie_weights), ("qk_norm", qk_norm)):
+            if not isinstance(flag, bool):
+                raise TypeError(f"{name} must be True or False, got {flag!r}")
         self.vocab_size, self.max_len = vocab_size, max_len
         self.token_embedding = nn.Embedding(vocab_size, d_model)
         if positional == "learned":
@@ -164,10 +209,11 @@ class TinyGPT(nn.Module):
             )
         self.dropout = nn.Dropout(dropout)
         self.blocks = nn.ModuleList(
-            Block(d_model, n_heads, norm_placement, dropout) for _ in range(n_layers)
+            Block(d_model, n_heads, norm_placement, dropout, normalization, qk_norm)
+            for _ in range(n_layers)
         )
         self.final_norm: nn.Module = (
-            nn.LayerNorm(d_model) if norm_placement == "pre" else nn.Identity()
+            make_norm(normalization, d_model) if norm_placement == "pre" else nn.Identity()
         )
         self.lm_head = nn.Linear(d_model, vocab_size, bias=False)
         self.apply(self._init_weights)
