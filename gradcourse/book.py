@@ -52,3 +52,27 @@ def glue(name: str, value: T, *, display: bool = False) -> T:
         return value
     myst_glue(name, shown, display=display)
     return value
+
+
+def show_source(*objects: object):
+    """The source code of functions or classes, as one Python code block: a Markdown object
+    that the book and Jupyter render with syntax highlighting (plain text where IPython is
+    missing). For chapters whose teaching code lives in the package (Chapter 12 shows
+    :mod:`gradcourse.by_hand`): the reader reads the code that runs, not a copy.
+
+    Raises:
+        TypeError: an object has no source (a builtin, a number), or none is given.
+    """
+    import inspect
+
+    if not objects:
+        raise TypeError("show_source needs at least one function or class")
+    try:
+        text = "\n\n\n".join(inspect.getsource(obj).rstrip() for obj in objects)
+    except (TypeError, OSError) as error:
+        raise TypeError(f"show_source: no source for one of {objects!r}: {error}") from None
+    try:
+        from IPython.display import Markdown
+    except ImportError:
+        return text
+    return Markdown(f"```python\n{text}\n```")

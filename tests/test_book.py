@@ -54,3 +54,21 @@ def test_glue_records_a_one_element_numpy_array_as_a_python_number(monkeypatch):
     glue("mean", torch.tensor(0.25).numpy())
     glue("row", np.array([3]))
     assert recorded == [0.25, 3] and [type(value) for value in recorded] == [float, int]
+
+
+def test_show_source_gives_the_functions_code_as_a_python_block():
+    from gradcourse.book import show_source
+    from gradcourse.by_hand import softmax_backward
+
+    shown = show_source(softmax_backward)
+    assert shown.data.startswith("```python\ndef softmax_backward(")
+    assert shown.data.rstrip().endswith("```")
+
+
+def test_show_source_refuses_what_has_no_source():
+    from gradcourse.book import show_source
+
+    with pytest.raises(TypeError, match="no source"):
+        show_source(len)
+    with pytest.raises(TypeError, match="at least one"):
+        show_source()

@@ -217,3 +217,25 @@ def test_tinygpt_gradients_refuse_dropout_that_is_on():
 def test_bad_input_is_refused_and_named(call, error, message):
     with pytest.raises(error, match=message):
         call()
+
+
+@pytest.mark.parametrize("placement", ["pre", "post"])
+def test_residual_gradients_are_autograds_at_every_block_input(placement):
+    from gradcourse.by_hand import residual_gradients
+
+    torch.manual_seed(0)
+    model = TinyGPT(30, d_model=8, n_layers=3, n_heads=2, max_len=6, norm_placement=placement)
+    model = model.double()
+    inputs = []
+    for block in model.blocks:
+        block.register_forward_pre_hook(lambda _, args: inputs.append(args[0]))
+    model.final_norm.register_forward_pre_hook(lambda _, args: inputs.append(args[0]))
+    ids = torch.randint(0, 30, (2, 6), generator=torch.Generator().manual_seed(1))
+    logits = model(ids)
+    for tensor in inputs:
+        tensor.retain_grad()
+    F.cross_entropy(logits.reshape(-1, 30), ids.reshape(-1)).backward()
+    stream = residual_gradients(model, ids, ids)  # post-LN's final norm is the identity
+    assert len(stream) == 4
+    for ours, captured in zip(stream, inputs):
+        torch.testing.assert_close(ours, captured.grad, **TIGHT)

@@ -14,7 +14,8 @@ shows this code, so it keeps to the book's 75-column code column.
   :func:`tiled_attention` (FlashAttention's recomputation);
 - :mod:`~gradcourse.by_hand.layers`: linear, GELU, norms, MLP and the
   attention block, forward and backward;
-- :mod:`~gradcourse.by_hand.transformer`: :func:`tinygpt_gradients`.
+- :mod:`~gradcourse.by_hand.transformer`: :func:`tinygpt_gradients`,
+  :func:`residual_gradients`.
 """
 
 from gradcourse.by_hand.attention import (
@@ -27,7 +28,10 @@ from gradcourse.by_hand.softmax import (
     softmax_backward,
 )
 from gradcourse.by_hand.tiled import TiledAttention, tiled_attention
-from gradcourse.by_hand.transformer import tinygpt_gradients
+from gradcourse.by_hand.transformer import (
+    residual_gradients,
+    tinygpt_gradients,
+)
 
 __all__ = [
     "TiledAttention",
@@ -38,5 +42,6 @@ __all__ = [
     "rms_norm_backward",
     "softmax_backward",
     "tiled_attention",
+    "residual_gradients",
     "tinygpt_gradients",
 ]

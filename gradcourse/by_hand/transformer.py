@@ -98,6 +98,39 @@ def _checked(model, token_ids, targets) -> None:
         )
 
 
+def forward_with_caches(model, token_ids):
+    """Embeddings and blocks: the top of the residual stream and each
+    block's cache."""
+    length = token_ids.shape[1]
+    h = model.token_embedding.weight[token_ids]
+    if model.position_embedding is not None:
+        h = h + model.position_embedding.weight[:length]
+    else:
+        h = h + model.sinusoidal[:length].to(h.dtype)
+    caches = []
+    for block in model.blocks:
+        h, cache = block_forward(block, h)
+        caches.append(cache)
+    return h, caches
+
+
+def backward_from_loss(model, token_ids, targets, h, caches):
+    """From the loss down: ``dL/dh`` at every block's input (the top
+    last) and the parameters' gradients."""
+    final = norm_forward(model.final_norm, h)
+    logits = linear_forward(model.lm_head, final)
+    grad = cross_entropy_backward(logits, targets)
+    grad_final, grads = linear_backward(model.lm_head, final, grad)
+    grad, final_grads = norm_backward(model.final_norm, h, grad_final)
+    parts, stream = [grads, final_grads], [grad]
+    for block, cache in zip(reversed(model.blocks), reversed(caches)):
+        grad, block_grads = block_backward(block, cache, grad)
+        parts.append(block_grads)
+        stream.insert(0, grad)
+    parts.append(_embedding_grads(model, token_ids, grad))
+    return stream, _summed(*parts)
+
+
 @torch.no_grad()
 def tinygpt_gradients(
     model: TinyGPT, token_ids: torch.Tensor, targets: torch.Tensor
@@ -114,29 +147,24 @@ def tinygpt_gradients(
             than ``max_len``, dropout that is on.
     """
     _checked(model, token_ids, targets)
-    length = token_ids.shape[1]
-    table = model.token_embedding.weight
-    h = table[token_ids]
-    if model.position_embedding is not None:
-        h = h + model.position_embedding.weight[:length]
-    else:
-        h = h + model.sinusoidal[:length].to(h.dtype)
-    caches = []
-    for block in model.blocks:
-        h, cache = block_forward(block, h)
-        caches.append(cache)
-    final = norm_forward(model.final_norm, h)
-    logits = linear_forward(model.lm_head, final)
-    # ... and back
-    grad = cross_entropy_backward(logits, targets)
-    grad_final, grads = linear_backward(model.lm_head, final, grad)
-    grad, final_grads = norm_backward(model.final_norm, h, grad_final)
-    parts = [grads, final_grads]
-    for block, cache in zip(reversed(model.blocks), reversed(caches)):
-        grad, block_grads = block_backward(block, cache, grad)
-        parts.append(block_grads)
-    parts.append(_embedding_grads(model, token_ids, grad))
-    return _named(model, _summed(*parts))
+    h, caches = forward_with_caches(model, token_ids)
+    _, grads = backward_from_loss(model, token_ids, targets, h, caches)
+    return _named(model, grads)
+
+
+@torch.no_grad()
+def residual_gradients(
+    model: TinyGPT, token_ids: torch.Tensor, targets: torch.Tensor
+) -> list[torch.Tensor]:
+    """``dL/dh_l`` for ``l = 0..L``: the gradient of the loss at the
+    input of every block (``h_0``, the embeddings' sum) and at the top of
+    the residual stream (``h_L``, the final norm's input), each
+    ``(B, T, D)``. Same arguments and errors as
+    :func:`tinygpt_gradients`."""
+    _checked(model, token_ids, targets)
+    h, caches = forward_with_caches(model, token_ids)
+    stream, _ = backward_from_loss(model, token_ids, targets, h, caches)
+    return stream
 
 
 def _embedding_grads(model, token_ids, grad) -> Grads:
