@@ -23,6 +23,23 @@ change them; they were set on this book's runs, healthy and broken, and are not 
 ``spike``
     the global norm jumped to ``SPIKE_FACTOR`` times its baseline and came back below
     ``SPIKE_RETURN`` times it within ``SPIKE_WINDOW`` steps: one bad batch, typically.
+``loss_spike``
+    the loss given to ``record(loss=...)`` rose ``LOSS_SPIKE_Z`` robust standard deviations above
+    its median over the previous ``LOSS_WINDOW`` recorded steps (the standard deviation taken as
+    1.4826 times the median absolute deviation, and at least ``LOSS_NOISE_FLOOR`` of the median
+    and ``LOSS_NOISE_ABSOLUTE``, so that neither a flat stretch of loss nor a loss near zero makes
+    every wiggle a spike). OLMo-core skips a step at
+    6 standard deviations over 128 steps; a rolling statistic, not a comparison with step 0,
+    since the loss of a healthy run falls by several nats.
+``attention_logit_growth``
+    (``forward_stats=True``) an attention layer's largest logit passed ``ATTENTION_LOGIT_HIGH``:
+    its softmax rows put almost all their weight on one key (Wortsman et al.'s attention-logit
+    growth, Chapter 13). This book's healthy runs stay below 16; runs at a learning rate 30 times
+    too high reach hundreds within a hundred steps.
+``output_logit_divergence``
+    (``forward_stats=True``) the mean log-partition ``log Z`` of the output logits drifted more
+    than ``LOG_Z_DRIFT`` nats from its first measured value, or the largest output logit passed
+    ``OUTPUT_LOGIT_HIGH``. This book's healthy runs move ``log Z`` by under 2 nats.
 ``vanishing``
     a layer's median gradient norm is below ``VANISHING_RATIO`` times the median norm of the
     layer with the largest gradients. Medians are taken over the steps where the layer's
@@ -66,6 +83,9 @@ KINDS = (
     "non_finite",
     "exploding",
     "spike",
+    "loss_spike",
+    "attention_logit_growth",
+    "output_logit_divergence",
     "vanishing",
     "zero_gradient",
     "not_zeroed",
@@ -80,6 +100,10 @@ SPIKE_FACTOR, SPIKE_RETURN, SPIKE_WINDOW = 300.0, 10.0, 5
 VANISHING_RATIO = 1e-5
 NOT_ZEROED_SHARE, NOT_ZEROED_MIN_STEPS = 0.5, 3
 UPDATE_RATIO_HIGH, UPDATE_RATIO_LOW, UPDATE_RATIO_MIN_STEPS = 0.1, 1e-7, 2
+LOSS_WINDOW, LOSS_SPIKE_Z = 32, 6.0
+LOSS_NOISE_FLOOR, LOSS_NOISE_ABSOLUTE = 0.02, 0.05  # at least 2% of the median, and 0.05
+ATTENTION_LOGIT_HIGH = 50.0
+LOG_Z_DRIFT, OUTPUT_LOGIT_HIGH = 10.0, 200.0
 NAMES_SHOWN = 5  # parameters named in a finding's message; Finding.names has them all
 
 _REQUIRED = ("steps", "layer_names", "global_norm", "layer_norms")
@@ -118,6 +142,8 @@ def diagnose(source: Any) -> list[Finding]:
     # a skipped step's gradient was never applied (a GradScaler's overflow): not part of the trend
     taken = ~np.isin(steps, list(history.get("skipped_steps", [])))
     findings += _growth(norms[taken], steps[taken])
+    findings += _loss_spikes(history)
+    findings += _forward(history)
     findings += _layers(history)
     findings += _not_zeroed(history)
     findings += _update_ratios(history)
@@ -278,6 +304,81 @@ def _exploding(step: int, baseline: float) -> Finding:
         f"gradient norm grew from a median of {baseline:.3g} past {EXPLODING_FACTOR:g}x and did "
         "not come back: lower the learning rate, add warm-up or clipping",
     )
+
+
+def _loss_spikes(history: Mapping) -> list[Finding]:
+    """``loss_spike``: a robust rolling z-score of the recorded losses."""
+    losses = np.asarray(history.get("loss", []), dtype=float)
+    steps = np.asarray(history["steps"])
+    given = np.flatnonzero(np.isfinite(losses))
+    findings: list[Finding] = []
+    for position in range(LOSS_WINDOW, len(given)):
+        window = losses[given[position - LOSS_WINDOW : position]]
+        median = np.median(window)
+        spread = max(
+            1.4826 * np.median(np.abs(window - median)),
+            LOSS_NOISE_FLOOR * abs(median),
+            LOSS_NOISE_ABSOLUTE,
+        )
+        value = losses[given[position]]
+        if spread > 0 and (value - median) / spread > LOSS_SPIKE_Z:
+            previous = findings[-1].step if findings else None
+            step = int(steps[given[position]])
+            if previous is None or step > previous + 1:  # one finding per spike
+                findings.append(
+                    Finding(
+                        "loss_spike",
+                        step,
+                        None,
+                        f"loss {value:.3g} is {(value - median) / spread:.0f} robust standard "
+                        f"deviations above its median of {median:.3g} over the last {LOSS_WINDOW} "
+                        "steps: look at this step's batch (per-sequence losses)",
+                    )
+                )
+    return findings
+
+
+def _forward(history: Mapping) -> list[Finding]:
+    """``attention_logit_growth`` and ``output_logit_divergence``, from the forward statistics."""
+    findings: list[Finding] = []
+    steps = np.asarray(history["steps"])
+    logits = np.asarray(history.get("attention_logit_max", np.zeros((0, 0))), dtype=float)
+    for layer, name in enumerate(history.get("attention_layers", [])):
+        above = np.flatnonzero(np.nan_to_num(logits[:, layer], nan=0.0) > ATTENTION_LOGIT_HIGH)
+        if above.size:
+            entropy = np.asarray(history["attention_entropy_min"], dtype=float)[above[0], layer]
+            findings.append(
+                Finding(
+                    "attention_logit_growth",
+                    int(steps[above[0]]),
+                    name,
+                    f"{name}'s largest attention logit reached {logits[above[0], layer]:.3g} "
+                    f"(smallest head entropy {entropy:.2g} nats): its softmax rows collapse onto "
+                    "single keys; normalise queries and keys (qk-norm), lower the learning rate, "
+                    "or cap the logits",
+                )
+            )
+    log_z = np.asarray(history.get("log_z_mean", []), dtype=float)
+    largest = np.asarray(history.get("output_logit_max", []), dtype=float)
+    measured = np.flatnonzero(np.isfinite(log_z))
+    if measured.size:
+        drift = np.abs(log_z[measured] - log_z[measured[0]])
+        bad = measured[
+            (drift > LOG_Z_DRIFT) | (np.nan_to_num(largest[measured]) > OUTPUT_LOGIT_HIGH)
+        ]
+        if bad.size:
+            findings.append(
+                Finding(
+                    "output_logit_divergence",
+                    int(steps[bad[0]]),
+                    None,
+                    f"the output logits' mean log Z moved from {log_z[measured[0]]:.3g} to "
+                    f"{log_z[bad[0]]:.3g} (largest logit {largest[bad[0]]:.3g}): nothing in the "
+                    "cross-entropy holds log Z in place; add a z-loss (1e-4 log^2 Z) or weight "
+                    "decay on the output layer",
+                )
+            )
+    return findings
 
 
 def _layers(history: Mapping) -> list[Finding]:

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from gradcourse._validate import check_choice, check_int_tensor, check_positive_int
-from gradcourse.models import is_tied
+from gradcourse.models import is_tied, next_token_loss
 
 METHODS = ("loop", "scatter_add", "index_add", "one_hot")
 
@@ -294,6 +294,6 @@ def tied_gradient_parts(
         (token_ids,),
         tie_weights=False,
     )
-    loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1).long())
+    loss = next_token_loss(logits, targets)
     lookup_part, projection_part = torch.autograd.grad(loss, [lookup_copy, projection_copy])
     return lookup_part, projection_part

@@ -15,10 +15,9 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch import nn
 
-from gradcourse.models import TinyGPT
+from gradcourse.models import TinyGPT, next_token_loss
 from gradcourse.monitor import GradientMonitor, NonFiniteGradientError
 from gradcourse.sharding import local
 
@@ -40,11 +39,11 @@ def global_batch(world_size: int, seed: int = 0) -> torch.Tensor:
     return torch.randint(0, VOCAB, shape, generator=generator)
 
 
-def next_token_loss(model: nn.Module, ids: torch.Tensor) -> torch.Tensor:
+def window_loss(model: nn.Module, ids: torch.Tensor) -> torch.Tensor:
     """Mean cross-entropy of predicting ``ids[:, 1:]`` from
     ``ids[:, :-1]``."""
     logits = model(ids[:, :-1])
-    return F.cross_entropy(logits.reshape(-1, VOCAB), ids[:, 1:].reshape(-1))
+    return next_token_loss(logits, ids[:, 1:])
 
 
 def rows_of(ids: torch.Tensor, rank: int) -> torch.Tensor:
@@ -127,7 +126,7 @@ def monitor_checks(
             (reference, optimizers[1], ids),
         ):
             optimizer.zero_grad()
-            next_token_loss(net, batch).backward()
+            window_loss(net, batch).backward()
         with _AllReduceCounter() as counter:
             monitors[0].record()
         monitors[1].record()
@@ -171,7 +170,7 @@ def nonfinite_checks(rank: int, world_size: int, mode: str = "fsdp") -> dict[str
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     monitor = GradientMonitor(inner)
     ids = rows_of(global_batch(world_size), rank)
-    loss = next_token_loss(model, ids)
+    loss = window_loss(model, ids)
     if mode == "ddp" and rank == 1:
         loss = loss * float("nan")
     loss.backward()
@@ -214,7 +213,7 @@ def fsdp_facts(rank: int, world_size: int) -> dict[str, Any]:
     result: dict[str, Any] = {"memory": {}}
     for mode, model in models.items():
         optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-        next_token_loss(model, mine).backward()
+        window_loss(model, mine).backward()
         if mode == "fsdp":
             shard_squares = sum(local(p.grad).pow(2).sum() for p in model.parameters())
             result["shard_norm"] = shard_squares.sqrt().item()

@@ -11,9 +11,8 @@ from collections.abc import Callable
 import pytest
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
-from gradcourse.models import TinyGPT
+from gradcourse.models import TinyGPT, next_token_loss
 
 VOCAB = 60
 
@@ -41,7 +40,7 @@ def lm_backward(model: nn.Module, seed: int = 0, scale: float = 1.0) -> torch.Te
     """One next-token cross-entropy backward of ``model`` on two random 8-token windows (drawn
     from a CPU generator seeded with ``seed``); returns the loss. ``scale`` multiplies the loss."""
     token_ids = torch.randint(0, VOCAB, (2, 8), generator=torch.Generator().manual_seed(seed))
-    loss = F.cross_entropy(model(token_ids).reshape(-1, VOCAB), token_ids.reshape(-1))
+    loss = next_token_loss(model(token_ids), token_ids)
     (loss * scale).backward()
     return loss.detach()
 

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from gradcourse.data import WordTokenizer, random_windows, stdlib_corpus
-from gradcourse.models import MLP, RNN, TinyGPT
+from gradcourse.models import MLP, RNN, TinyGPT, next_token_loss
 from gradcourse.monitor import GradientMonitor
 
 _TEXT = stdlib_corpus()
@@ -18,14 +18,33 @@ def healthy_tinygpt(seed: int, steps: int = 120) -> GradientMonitor:
     vocab = len(_TOKENIZER)
     model = TinyGPT(vocab, d_model=32, n_layers=2, n_heads=2, max_len=16)
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    monitor = GradientMonitor(model, detail_every=10)
+    monitor = GradientMonitor(model, detail_every=10, forward_stats=True)
     batches = random_windows(_IDS, 16, 16, seed=seed)
     for _ in range(steps):
         inputs, targets = next(batches)
         optimizer.zero_grad()
-        logits = model(inputs).reshape(-1, vocab)
-        F.cross_entropy(logits, targets.reshape(-1)).backward()
-        monitor.record()
+        loss = next_token_loss(model(inputs), targets)
+        loss.backward()
+        monitor.record(loss=loss.detach())
+        optimizer.step()
+        monitor.record_update()
+    return monitor
+
+
+def high_learning_rate_tinygpt(seed: int, lr: float, qk_norm: bool = False, steps: int = 100):
+    """Width 64, 2 blocks, AdamW with beta2 0.95 (Wortsman et al.'s setting at toy size)."""
+    torch.manual_seed(seed)
+    vocab = len(_TOKENIZER)
+    model = TinyGPT(vocab, d_model=64, n_layers=2, n_heads=4, max_len=32, qk_norm=qk_norm)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95))
+    monitor = GradientMonitor(model, detail_every=10, forward_stats=True, histograms=False)
+    batches = random_windows(_IDS, 16, 32, seed=seed)
+    for _ in range(steps):
+        inputs, targets = next(batches)
+        optimizer.zero_grad()
+        loss = next_token_loss(model(inputs), targets)
+        loss.backward()
+        monitor.record(loss=loss.detach())
         optimizer.step()
         monitor.record_update()
     return monitor
@@ -86,7 +105,7 @@ def mlp_run(
         if step == options.get("nan_at"):
             loss = loss * float("nan")
         loss.backward()
-        if not monitor.record():
+        if not monitor.record(loss=loss.detach()):
             monitor.skip_step()
             break
         optimizer.step()
@@ -111,8 +130,9 @@ def regression_with_a_corrupted_batch(
         if step == corrupted_step:
             inputs = inputs * 1e4
         optimizer.zero_grad()
-        F.mse_loss(model(inputs), targets).backward()
-        monitor.record()
+        loss = F.mse_loss(model(inputs), targets)
+        loss.backward()
+        monitor.record(loss=loss.detach())
         # clipping bounds the bad batch's step, so the run recovers
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
@@ -130,9 +150,10 @@ def healthy_rnn(seed: int, steps: int = 150) -> GradientMonitor:
         inputs = torch.randn(16, 20, 3, generator=generator)
         targets = inputs[:, :, 0].sum(1, keepdim=True) / 5
         optimizer.zero_grad()
-        F.mse_loss(model(inputs)[:, -1], targets).backward()
+        loss = F.mse_loss(model(inputs)[:, -1], targets)
+        loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        monitor.record()
+        monitor.record(loss=loss.detach())
         optimizer.step()
         monitor.record_update()
     return monitor

@@ -203,3 +203,12 @@ def test_monitor_bench_has_an_a_a_row():
     from gradcourse.bench.monitor import AGAIN, VARIANTS
 
     assert VARIANTS[:2] == ("no monitor", AGAIN)
+
+
+def test_monitor_bench_times_the_forward_statistics_when_asked():
+    from gradcourse.bench.monitor import FORWARD
+    from gradcourse.bench.monitor import run as run_monitor
+
+    rows = run_monitor(vocab=50, d_model=16, layers=1, heads=2, length=8, batch=2, rounds=2,
+                       forward_stats=True)  # fmt: skip
+    assert [row.name for row in rows][-1] == FORWARD

@@ -42,9 +42,9 @@ def test_a_learning_rate_raised_too_far_is_exploding():
     assert exploding and exploding[0].step >= 40
 
 
-def test_a_corrupted_batch_is_a_spike_at_its_step():
+def test_a_corrupted_batch_is_a_gradient_spike_and_a_loss_spike_at_its_step():
     findings = diagnose(runs.regression_with_a_corrupted_batch(0))
-    assert [(f.kind, f.step) for f in findings] == [("spike", 60)]
+    assert [(f.kind, f.step) for f in findings] == [("spike", 60), ("loss_spike", 60)]
 
 
 def test_the_same_regression_without_the_corrupted_batch_is_clean():
@@ -224,3 +224,39 @@ def test_a_parameter_the_optimizer_does_not_hold_is_not_a_forgotten_zero_grad():
             optimizer.step()
     assert monitor.history["zero_grad_sentinel"] != "2.bias"
     assert "not_zeroed" not in {f.kind for f in diagnose(monitor)}
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_attention_logits_grown_at_a_high_learning_rate_are_found(seed):
+    findings = diagnose(runs.high_learning_rate_tinygpt(seed, lr=3e-2))
+    growth = [f for f in findings if f.kind == "attention_logit_growth"]
+    assert growth and growth[0].layer.startswith("blocks.")
+
+
+@pytest.mark.parametrize("setting", [{"lr": 1e-3}, {"lr": 3e-2, "qk_norm": True}])
+def test_a_modest_learning_rate_or_qk_norm_has_no_attention_finding(setting):
+    kinds = {f.kind for f in diagnose(runs.high_learning_rate_tinygpt(0, **setting))}
+    assert "attention_logit_growth" not in kinds and "output_logit_divergence" not in kinds
+
+
+def test_a_drifting_log_partition_is_an_output_logit_divergence():
+    # no run of this book's size drifts (chapter 13): a history that does
+    drift = np.concatenate([np.full(20, 6.9), np.linspace(6.9, -30.0, 40)])
+    history = history_of(np.ones(60), log_z_mean=drift, output_logit_max=np.full(60, 8.0))
+    findings = diagnose(history)
+    assert [f.kind for f in findings] == ["output_logit_divergence"]
+    assert findings[0].step == 20 + int(np.argmax(6.9 - np.linspace(6.9, -30, 40) > 10))
+
+
+def test_a_loss_that_falls_fast_and_then_wiggles_is_no_loss_spike():
+    rng = np.random.default_rng(0)
+    losses = np.concatenate([np.linspace(7, 3, 60), 3 + 0.05 * rng.standard_normal(200)])
+    assert diagnose(history_of(np.ones(260), loss=losses)) == []
+
+
+def test_one_bad_batch_in_the_loss_is_a_loss_spike_at_its_step():
+    rng = np.random.default_rng(1)
+    losses = 3 + 0.05 * rng.standard_normal(120)
+    losses[70] = 6.0
+    findings = diagnose(history_of(np.ones(120), loss=losses))
+    assert [(f.kind, f.step) for f in findings] == [("loss_spike", 70)]

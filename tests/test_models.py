@@ -408,3 +408,55 @@ def test_the_defaults_keep_the_original_parameters():
 def test_bad_normalization_options_are_refused(options, error, message):
     with pytest.raises(error, match=message):
         TinyGPT(20, d_model=8, n_heads=2, **options)
+
+
+def test_next_token_loss_without_z_loss_is_the_mean_cross_entropy():
+    from gradcourse.models import next_token_loss
+
+    logits = torch.randn(2, 5, 7, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    targets = torch.randint(0, 7, (2, 5), generator=torch.Generator().manual_seed(1))
+    expected = torch.nn.functional.cross_entropy(logits.reshape(-1, 7), targets.reshape(-1))
+    assert torch.equal(next_token_loss(logits, targets), expected)
+
+
+def test_z_loss_adds_its_coefficient_times_the_mean_squared_log_partition():
+    from gradcourse.models import next_token_loss
+
+    logits = torch.randn(3, 4, 6, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    targets = torch.randint(0, 6, (3, 4), generator=torch.Generator().manual_seed(1))
+    log_z = torch.logsumexp(logits, -1)
+    expected = next_token_loss(logits, targets) + 1e-2 * log_z.pow(2).mean()
+    torch.testing.assert_close(
+        next_token_loss(logits, targets, 1e-2), expected, rtol=1e-12, atol=0
+    )
+
+
+def test_z_loss_is_the_only_part_that_pulls_a_shifted_row_back():
+    from gradcourse.models import next_token_loss
+
+    logits = torch.zeros(1, 1, 4, dtype=torch.float64)
+    shifted = (logits + 5.0).requires_grad_()  # log Z = 5 + log 4, same probabilities
+    target = torch.zeros(1, 1, dtype=torch.long)
+    next_token_loss(shifted, target).backward()
+    assert shifted.grad.sum().abs() < 1e-15  # cross-entropy: no gradient along the ones vector
+    shifted.grad = None
+    next_token_loss(shifted, target, z_loss=1e-4).backward()
+    assert shifted.grad.sum() > 0  # z-loss: pushes every logit down, towards log Z = 0
+
+
+@pytest.mark.parametrize(
+    ("arguments", "error", "message"),
+    [
+        ((torch.zeros(2, 3, dtype=torch.long), torch.zeros(2, dtype=torch.long)), TypeError,
+         "logits must be a floating-point tensor"),
+        ((torch.zeros(2, 3), torch.zeros(3, dtype=torch.long)), ValueError,
+         r"targets must have shape logits.shape\[:-1\] = \(2,\)"),
+        ((torch.zeros(2, 3), torch.zeros(2, dtype=torch.long), -1.0), ValueError,
+         "z_loss must be >= 0"),
+    ],
+)  # fmt: skip
+def test_next_token_loss_refuses_bad_input(arguments, error, message):
+    from gradcourse.models import next_token_loss
+
+    with pytest.raises(error, match=message):
+        next_token_loss(*arguments)

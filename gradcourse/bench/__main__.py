@@ -47,6 +47,11 @@ def main(argv: list[str] | None = None) -> int:
     watch.add_argument("--rounds", type=int, default=300)
     watch.add_argument("--no-histograms", action="store_true", help="norms and update ratios only")
     watch.add_argument(
+        "--forward-stats",
+        action="store_true",
+        help="one more variant: the monitor with forward_stats=True (Chapter 13)",
+    )
+    watch.add_argument(
         "--processes",
         type=int,
         default=1,
@@ -103,6 +108,7 @@ def _monitor(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
             args.device,
             args.rounds,
             histograms=not args.no_histograms,
+            forward_stats=args.forward_stats,
         )
     except ValueError as error:
         parser.error(str(error))

@@ -15,12 +15,11 @@ from typing import Any
 import numpy as np
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch import nn
 
 from gradcourse.bench.monitor import AGAIN, BASELINE, MONITORED
 from gradcourse.bench.timing import Row, rows, steady_allocator, time_rounds
-from gradcourse.models import TinyGPT
+from gradcourse.models import TinyGPT, next_token_loss
 from gradcourse.monitor import GradientMonitor
 
 MODES = ("ddp", "fsdp")
@@ -60,7 +59,7 @@ def worker(
         def step(watched: bool, model=model, optimizer=optimizer, monitor=monitor) -> None:
             optimizer.zero_grad(set_to_none=True)
             logits = model(inputs)
-            F.cross_entropy(logits.reshape(-1, vocab), targets.reshape(-1)).backward()
+            next_token_loss(logits, targets).backward()
             if watched:
                 monitor.record()
             optimizer.step()

@@ -12,14 +12,14 @@ differs. Each overhead comes with a 95% interval (:func:`~gradcourse.bench.timin
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from gradcourse.bench.timing import Row, format_rows, rows, steady_allocator, time_rounds
-from gradcourse.models import TinyGPT
+from gradcourse.models import TinyGPT, next_token_loss
 from gradcourse.monitor import GradientMonitor
 
 BASELINE, AGAIN = "no monitor", "no monitor, again"
 NAIVE, MONITORED = "naive: .norm().item() per parameter", "GradientMonitor"
+FORWARD = "GradientMonitor, forward_stats=True"
 VARIANTS = (BASELINE, AGAIN, NAIVE, MONITORED)
 
 __all__ = ["Row", "VARIANTS", "format_table", "run"]
@@ -36,9 +36,11 @@ def run(
     rounds: int = 300,
     histograms: bool = True,
     seed: int = 0,
+    forward_stats: bool = False,
 ) -> list[Row]:
     """Median seconds per training step of each variant, and each one's overhead over ``no
-    monitor`` with a 95% interval (see the module docstring).
+    monitor`` with a 95% interval (see the module docstring). With ``forward_stats`` one more
+    variant records the forward statistics too (Chapter 13), on its detailed steps.
 
     Raises:
         ValueError: CUDA was asked for and is not available.
@@ -55,22 +57,27 @@ def run(
     model = TinyGPT(vocab, d_model, layers, heads, max_len=length).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     monitor = GradientMonitor(model, histograms=histograms)  # record() is called explicitly
+    watchers = {MONITORED: monitor}
+    if forward_stats:
+        watchers[FORWARD] = GradientMonitor(model, histograms=histograms, forward_stats=True)
 
     def step(watch: str) -> None:
         optimizer.zero_grad(set_to_none=True)
-        F.cross_entropy(model(inputs).reshape(-1, vocab), targets.reshape(-1)).backward()
+        next_token_loss(model(inputs), targets).backward()
         if watch == NAIVE:
             [parameter.grad.norm().item() for parameter in model.parameters()]
-        elif watch == MONITORED:
-            monitor.record()
+        elif watch in watchers:
+            watchers[watch].record()
         optimizer.step()
-        if watch == MONITORED:
-            monitor.record_update()
+        if watch in watchers:
+            watchers[watch].record_update()
 
+    names = VARIANTS + ((FORWARD,) if forward_stats else ())
     samples = time_rounds(
-        {name: lambda name=name: step(name) for name in VARIANTS}, device, rounds=rounds, seed=seed
+        {name: lambda name=name: step(name) for name in names}, device, rounds=rounds, seed=seed
     )
-    monitor.close()
+    for watcher in watchers.values():
+        watcher.close()
     return rows(samples, BASELINE)
 
 

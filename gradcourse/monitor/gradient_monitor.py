@@ -10,6 +10,8 @@ by a skip (:meth:`GradientMonitor.skip_step`), by a non-finite gradient that rai
 
 from __future__ import annotations
 
+import weakref
+
 import numpy as np
 import torch
 import torch.nn as nn
@@ -56,6 +58,12 @@ class GradientMonitor:
             step: for debugging). Works with or without :meth:`attach`.
         start_step: the number of the first step (a resumed run's global step); ``every`` and
             ``detail_every`` pick the same step numbers as in a run that started at 0.
+        forward_stats: on detailed steps, also measure the forward pass (Chapter 13,
+            :mod:`~gradcourse.monitor.forward`): each attention layer's largest logit and smallest
+            row entropy, the residual stream's RMS after each block, the output logits' largest
+            magnitude and mean ``log Z``. They ride the step's one transfer. Under DDP each rank
+            records its own forward statistics; under FSDP2 they are combined over the ranks
+            (largest, smallest or mean).
 
     The options, checked, are :attr:`options` (a
     :class:`~gradcourse.monitor.options.MonitorOptions`).
@@ -81,6 +89,7 @@ class GradientMonitor:
         on_nonfinite: str = "raise",
         find_module: bool = False,
         start_step: int = 0,
+        forward_stats: bool = False,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -101,11 +110,21 @@ class GradientMonitor:
             on_nonfinite=on_nonfinite,
             find_module=find_module,
             start_step=start_step,
+            forward_stats=forward_stats,
         )
         self.optimizer = optimizer
         opt = self.options
         self._history = History(opt.bins, opt.histogram_range, opt.histograms, opt.log_magnitude)
-        self._watched = Watched(model, optimizer, opt.group_by, opt.find_module, self._history)
+        own = weakref.ref(self)
+
+        def collecting() -> bool:  # the next recorded step is a detailed one
+            monitor = own()
+            return monitor is not None and monitor._next_is_detailed()
+
+        collect = collecting if opt.forward_stats else None
+        self._watched = Watched(
+            model, optimizer, opt.group_by, opt.find_module, self._history, collect
+        )
         device = self._watched.device
         self._updates = UpdateTracker(device) if opt.update_ratios else None
         self._recorder = Recorder(self._watched, opt, self._history, self._updates)
@@ -213,10 +232,11 @@ class GradientMonitor:
 
     # --- a step's life --------------------------------------------------------------------------
     @torch.no_grad()
-    def record(self, *, overflow_expected: bool = False) -> bool:
+    def record(self, *, overflow_expected: bool = False, loss=None) -> bool:
         """Record the current gradients as this step's (call after ``backward()``, before
         clipping if the pre-clipping norm is wanted). Returns whether every gradient entry was
-        finite (``True`` for a step that ``every`` leaves out).
+        finite (``True`` for a step that ``every`` leaves out). ``loss`` (a number or a 0-d
+        tensor, read without a sync) goes in the history too, for ``diagnose()``'s loss spikes.
 
         A non-finite gradient raises :class:`NonFiniteGradientError` (``on_nonfinite="raise"``)
         after ending the step, so the next step is checked too; or is reported in
@@ -237,7 +257,7 @@ class GradientMonitor:
         if self._watched.refresh(thorough=detailed) and self._updates is not None:
             self._updates.forget()  # measured on other parameters
         snapshot = self._take_snapshot()
-        packet, frame = self._recorder.gather(self.step, detailed, snapshot)
+        packet, frame = self._recorder.gather(self.step, detailed, snapshot, loss)
         sharded_raise = self._watched.group is not None and self.options.on_nonfinite == "raise"
         if sharded_raise and not overflow_expected:
             squares = self._recorder.start(packet, frame)
@@ -249,6 +269,10 @@ class GradientMonitor:
 
     def _detailed(self, step: int) -> bool:
         return step % self.options.detail_every == 0
+
+    def _next_is_detailed(self) -> bool:
+        upcoming = self.step + self._recorded
+        return upcoming % self.options.every == 0 and self._detailed(upcoming)
 
     def _take_snapshot(self) -> dict | None:
         snapshot, self._snapshot = self._snapshot, None
@@ -362,10 +386,12 @@ class GradientMonitor:
             self._finish_in_flight(raise_error=False)
             self._recorder.flush_update()
         sentinel = self._watched.sentinel
+        forward = self._watched.forward
         return self._history.as_dict(
             steps_seen=self.step - self._start_step,
             frozen_parameters=self.frozen_parameter_names,
             zero_grad_sentinel=sentinel.name if sentinel is not None else None,
+            forward_notes=list(forward.notes) if forward is not None else [],
         )
 
     def log_to(self, writer, *, prefix: str = "gradients") -> None:

@@ -16,7 +16,8 @@ key                       shape         what
                                         steps that were stepped; NaN elsewhere and where the
                                         weights were exactly zero before the step
 ``update_norms``          ``(S, L)``    ``||w_after - w_before||`` on the same steps
-``parameter_norms``       ``(S, L)``    ``||w_before||``: the weights' norm before those steps
+``parameter_norms``       ``(S, L)``    each layer's weights' norm, on detailed steps (NaN else)
+``loss``                  ``(S,)``      the loss given to ``record(loss=...)`` (NaN where none)
 ``stale_gradient``        ``(S,)``      ``.grad`` held a gradient at the step's first backward
 ``histogram_steps``       ``(H,)``      the steps with histograms (if histograms are on)
 ``histograms``            ``(H, L, b)`` counts of gradient entries in ``b`` fixed bins
@@ -28,7 +29,18 @@ key                       shape         what
 ``frozen_parameters``     list          parameters with ``requires_grad=False`` at every
                                         recorded step (at construction, before the first)
 ``zero_grad_sentinel``    str or None   the parameter the zero_grad check watches
+``attention_layers``      ``A`` names   attention modules seen (``forward_stats=True``)
+``attention_logit_max``   ``(S, A)``    their largest attention logit, on detailed steps
+``attention_entropy_min`` ``(S, A)``    their smallest softmax-row entropy (nats)
+``blocks``                ``K`` names   the transformer blocks found
+``residual_rms``          ``(S, K)``    the RMS of each block's output (the residual stream)
+``output_logit_max``      ``(S,)``      the largest ``|logit|`` of the model's output
+``log_z_mean``            ``(S,)``      the mean ``logsumexp`` of the output logits
+``forward_notes``         list          what the forward statistics could not find
 ========================  ============  ==========================================================
+
+The forward statistics (:mod:`~gradcourse.monitor.forward`) are NaN, and their name lists empty,
+without ``forward_stats=True``.
 
 The arrays are new on every read; the monitor keeps its own rows.
 """
@@ -61,6 +73,9 @@ class History:
         self._updates: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
         self.skipped_steps: list[int] = []
         self.nonfinite_events: list[dict] = []
+        # per-step values by key: {key: {step: (columns, values)}}, columns into a name group
+        self._values: dict[str, dict[int, tuple[np.ndarray, np.ndarray]]] = {}
+        self._groups: dict[str, list[str]] = {"attention_layers": [], "blocks": []}
 
     def columns(self, layer_names: Sequence[str]) -> np.ndarray:
         """The columns of ``layer_names`` (new layers are added at the end)."""
@@ -88,6 +103,33 @@ class History:
     ) -> None:
         """Squared update and weight norms per layer, measured over step ``step``'s update."""
         self._updates[step] = (columns, update_squares, weight_squares)
+
+    def add_value(self, step: int, key: str, value: float) -> None:
+        """A per-step scalar (``loss``, ``output_logit_max``, ``log_z_mean``)."""
+        self._values.setdefault(key, {})[step] = (np.zeros(1, np.int64), np.array([value]))
+
+    def add_named(
+        self, step: int, key: str, group: str, names: Sequence[str], values: np.ndarray
+    ) -> None:
+        """Per-step values of named things (``group``: ``"attention_layers"`` or ``"blocks"``)."""
+        known = self._groups[group]
+        known.extend(name for name in names if name not in known)
+        columns = np.array([known.index(name) for name in names], dtype=np.int64)
+        self._values.setdefault(key, {})[step] = (columns, np.asarray(values))
+
+    def add_layer_values(self, step: int, key: str, columns: np.ndarray, values) -> None:
+        """Per-step values per layer (``parameter_norms``), in the layers' columns."""
+        self._values.setdefault(key, {})[step] = (columns, np.asarray(values))
+
+    def _by_step(self, key: str, width: int) -> np.ndarray:
+        """``(S, width)`` of ``key``'s values at the recorded steps, NaN where none."""
+        table = np.full((len(self._steps), width), np.nan)
+        stored = self._values.get(key, {})
+        for index, step in enumerate(self._steps):
+            if step in stored:
+                columns, values = stored[step]
+                table[index, columns] = values
+        return table
 
     @property
     def latest_step(self) -> int | None:
@@ -130,7 +172,8 @@ class History:
             "layer_watched": watched,
             "update_ratios": ratios,
             "update_norms": np.sqrt(update),
-            "parameter_norms": np.sqrt(weight),
+            "parameter_norms": self._by_step("parameter_norms", shape[1]),
+            "loss": self._by_step("loss", 1)[:, 0],
             "stale_gradient": np.array(self._stale, dtype=bool),
             "log_magnitude": self.log_magnitude,
             "skipped_steps": list(self.skipped_steps),
@@ -143,5 +186,15 @@ class History:
             result["histogram_steps"] = np.array([s for s, _, _ in self._histograms], np.int64)
             result["histograms"] = counts
             result["bin_edges"] = np.linspace(*self.histogram_range, self.bins + 1)
+        attention, blocks = self._groups["attention_layers"], self._groups["blocks"]
+        result.update(
+            attention_layers=list(attention),
+            attention_logit_max=self._by_step("attention_logit_max", len(attention)),
+            attention_entropy_min=self._by_step("attention_entropy_min", len(attention)),
+            blocks=list(blocks),
+            residual_rms=self._by_step("residual_rms", len(blocks)),
+            output_logit_max=self._by_step("output_logit_max", 1)[:, 0],
+            log_z_mean=self._by_step("log_z_mean", 1)[:, 0],
+        )
         result.update(extra)
         return result

@@ -32,6 +32,7 @@ class MonitorOptions:
     on_nonfinite: str = "raise"
     find_module: bool = False
     start_step: int = 0
+    forward_stats: bool = False
 
     @classmethod
     def checked(cls, **options: object) -> MonitorOptions:
@@ -54,7 +55,13 @@ class MonitorOptions:
         check_int("start_step", result.start_step, minimum=0)
         check_choice("group_by", result.group_by, GROUP_BY)
         check_choice("on_nonfinite", result.on_nonfinite, ON_NONFINITE)
-        for name in ("histograms", "log_magnitude", "update_ratios", "find_module"):
+        for name in (
+            "histograms",
+            "log_magnitude",
+            "update_ratios",
+            "find_module",
+            "forward_stats",
+        ):
             if not isinstance(getattr(result, name), bool):
                 raise TypeError(f"{name} must be True or False, got {getattr(result, name)!r}")
         default = (-10.0, 1.0) if result.log_magnitude else (-1e-2, 1e-2)

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-REDUCTIONS = {"sum": np.sum, "max": np.max, "min": np.min}
+REDUCTIONS = {"sum": np.sum, "mean": np.mean, "max": np.max, "min": np.min}
 
 
 @dataclass(frozen=True)
@@ -39,7 +39,7 @@ class Packet:
 
     ``packet.add("squares", tensor)`` adds a field; ``packet.send()`` returns ``{name: NumPy
     array of the field's shape}``. Each field says how it combines over the ranks of a sharded
-    model: ``"sum"`` (the default), ``"max"`` or ``"min"``.
+    model: ``"sum"`` (the default), ``"mean"``, ``"max"`` or ``"min"``.
     """
 
     def __init__(self, device: torch.device) -> None:

@@ -30,13 +30,26 @@ from gradcourse.monitor.watched import Watched
 @dataclass(frozen=True)
 class Frame:
     """What a packet was gathered for: ``step``, its ``layout`` and history ``columns``, the step
-    whose update it carries (or None), and whether its squares are float64 already."""
+    whose update it carries (or None), whether its squares are float64 already, and the
+    attention layers and blocks its forward statistics describe."""
 
     step: int
     layout: Layout
     columns: np.ndarray
     update_step: int | None
     exact: bool
+    attention_names: tuple[str, ...] = ()
+    block_names: tuple[str, ...] = ()
+
+
+#: how each forward statistic combines over the ranks of a sharded model
+FORWARD_REDUCTIONS = {
+    "attention_logit_max": "max",
+    "attention_entropy_min": "min",
+    "residual_rms": "mean",
+    "output_logit_max": "max",
+    "log_z_mean": "mean",
+}
 
 
 class Recorder:
@@ -71,10 +84,13 @@ class Recorder:
             )
         return pieces
 
-    def gather(self, step: int, detailed: bool, snapshot: dict | None) -> tuple[Packet, Frame]:
+    def gather(
+        self, step: int, detailed: bool, snapshot: dict | None, loss=None
+    ) -> tuple[Packet, Frame]:
         """The packet of recorded step ``step``: a snapshot's statistics (float64 already) or the
         current gradients', the update measured over the last detailed step, the sentinel's
-        word."""
+        word, the loss if given, and on detailed steps the weights' norms and the forward
+        statistics."""
         watched = self.watched
         packet = Packet(watched.device)
         pieces = snapshot if snapshot is not None else self.statistics(detailed)
@@ -85,9 +101,30 @@ class Recorder:
             packet.add("update", pending[1])
         if watched.sentinel is not None:
             packet.add("stale", watched.sentinel.take_stale())
+        if loss is not None:
+            packet.add("loss", torch.as_tensor(loss).detach().reshape(()), reduction="mean")
+        names = self._add_forward(packet) if detailed else ((), ())
+        if detailed:
+            weights = [p.detach() for p in watched.layout.parameters]
+            packet.add("parameter_squares", squared_norms(weights, watched.device))
         update_step = pending[0] if pending is not None else None
-        frame = Frame(step, watched.layout, watched.columns, update_step, snapshot is not None)
+        frame = Frame(
+            step, watched.layout, watched.columns, update_step, snapshot is not None, *names
+        )
         return packet, frame
+
+    def _add_forward(self, packet: Packet) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        """The forward statistics watched since the last detailed step, into ``packet``; the
+        names of the attention layers and blocks they describe."""
+        forward = self.watched.forward
+        collected = forward.take() if forward is not None else None
+        if not collected:
+            return (), ()
+        for name, tensor in collected.items():
+            packet.add(name, tensor, reduction=FORWARD_REDUCTIONS[name])
+        attention = tuple(forward.attention_names) if "attention_logit_max" in collected else ()
+        blocks = tuple(name for name, _ in forward.blocks) if "residual_rms" in collected else ()
+        return attention, blocks
 
     def send(self, packet: Packet, frame: Frame) -> dict[str, np.ndarray]:
         """Send and store (the one transfer, and the one collective under FSDP2)."""
@@ -163,6 +200,19 @@ class Recorder:
             history.add_histogram(frame.step, columns, host["histograms"])
         if frame.update_step is not None:
             self.store_update(frame.update_step, layout, columns, host["update"])
+        if "parameter_squares" in host:
+            norms = np.sqrt(layout.per_layer(host["parameter_squares"]))
+            history.add_layer_values(frame.step, "parameter_norms", columns, norms)
+        for key in ("loss", "output_logit_max", "log_z_mean"):
+            if key in host:
+                history.add_value(frame.step, key, float(host[key]))
+        for key, group, names in (
+            ("attention_logit_max", "attention_layers", frame.attention_names),
+            ("attention_entropy_min", "attention_layers", frame.attention_names),
+            ("residual_rms", "blocks", frame.block_names),
+        ):
+            if key in host:
+                history.add_named(frame.step, key, group, names, host[key])
 
     def store_update(
         self, step: int, layout: Layout, columns: np.ndarray, squares: np.ndarray

@@ -4,15 +4,18 @@ Taught in: Chapter 9. :class:`Watched` keeps the model's :class:`~gradcourse.mon
 and what depends on it: the process group of a model sharded by FSDP2 (None otherwise), the
 device the statistics are computed on, the history's columns for the layers, the parameters that
 were ever trainable (so a parameter frozen at first and trained later is not called frozen), the
-zero_grad sentinel and the module locator. :meth:`Watched.refresh` rebuilds them when parameters
-were added, frozen, unfrozen or replaced.
+zero_grad sentinel, the module locator and the forward statistics. :meth:`Watched.refresh` rebuilds
+what depends on the parameters when they were added, frozen, unfrozen or replaced.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn as nn
 
+from gradcourse.monitor.forward import ForwardStatistics
 from gradcourse.monitor.history import History
 from gradcourse.monitor.layout import Layout
 from gradcourse.monitor.nonfinite import ModuleLocator
@@ -34,6 +37,7 @@ class Watched:
         group_by: str,
         find_module: bool,
         history: History,
+        collecting: Callable[[], bool] | None = None,
     ) -> None:
         self.model, self.optimizer, self.group_by = model, optimizer, group_by
         self.history = history
@@ -44,6 +48,8 @@ class Watched:
         self.ever_trainable = set(self.layout.names)
         self.locator = ModuleLocator(model) if find_module else None
         self.sentinel = self._new_sentinel()
+        # forward statistics (Chapter 13), when ``collecting`` says which forward passes to watch
+        self.forward = ForwardStatistics(model, collecting) if collecting is not None else None
 
     def _layout(self) -> Layout:
         layout = Layout.of(self.model, self.group_by)
@@ -109,7 +115,7 @@ class Watched:
             self.locator.take()
 
     def close(self) -> None:
-        for part in (self.sentinel, self.locator):
+        for part in (self.sentinel, self.locator, self.forward):
             if part is not None:
                 part.close()
         self.sentinel = self.locator = None
