@@ -18,19 +18,19 @@ def _block_rows(b: int, t: int, d: int, h: int) -> list[tuple[str, str, str]]:
     """``(forward label, backward label, shape)`` from the block's input (first) to its output."""
     e = d // h
     return [
-        ("x: the residual stream", "dx = dh + (from both branches)", f"({b}, {t}, {d})"),
-        ("LayerNorm", "norm backward: no part along 1, x̂", f"({b}, {t}, {d})"),
-        ("qkv = Linear(D, 3D)", "dW = gᵀ x,  dx = g W", f"({b}, {t}, {3 * d})"),
+        ("x: the residual stream", "dx = dh + (through the attention branch)", f"({b}, {t}, {d})"),
+        ("LayerNorm", "norm backward (nothing along 1; along x̂ only via ε)", f"({b}, {t}, {d})"),
+        ("qkv = Linear(D, 3D)", "dW = Σ gᵀ x,  dx = g W", f"({b}, {t}, {3 * d})"),
         ("split into heads: q, k, v", "concatenate dq, dk, dv", f"3 × ({b}, {h}, {t}, {e})"),
         ("S = q kᵀ / √d", "dq = dS k / √d,  dk = dSᵀ q / √d", f"({b}, {h}, {t}, {t})"),
         ("P = softmax(S), causal", "dS = P ⊙ (dP − rowsum(dP ⊙ P))", f"({b}, {h}, {t}, {t})"),
         ("O = P v", "dP = dO vᵀ,  dv = Pᵀ dO", f"({b}, {h}, {t}, {e})"),
-        ("merge heads, proj = Linear(D, D)", "dO: split heads of g Wᵀ", f"({b}, {t}, {d})"),
-        ("h = x + attention", "dh = dout + (from the MLP)", f"({b}, {t}, {d})"),
+        ("merge heads; proj = Linear(D, D)", "dO = heads of (g W_proj)", f"({b}, {t}, {d})"),
+        ("h = x + attention", "dh = dout + (through the MLP branch)", f"({b}, {t}, {d})"),
         ("LayerNorm", "norm backward", f"({b}, {t}, {d})"),
-        ("Linear(D, 4D)", "dW = gᵀ u,  du = g W", f"({b}, {t}, {4 * d})"),
-        ("GELU", "g · (Φ(u) + u φ(u))", f"({b}, {t}, {4 * d})"),
-        ("Linear(4D, D)", "dW = gᵀ a,  da = g W", f"({b}, {t}, {d})"),
+        ("u = Linear(D, 4D)", "dW = Σ gᵀ x,  dx = g W", f"({b}, {t}, {4 * d})"),
+        ("a = GELU(u)", "du = da · (Φ(u) + u φ(u))", f"({b}, {t}, {4 * d})"),
+        ("Linear(4D, D)", "dW = Σ gᵀ a,  da = g W", f"({b}, {t}, {d})"),
         ("out = h + MLP", "dout: from the block above", f"({b}, {t}, {d})"),
     ]
 
@@ -70,7 +70,7 @@ def block_dataflow(batch: int, length: int, d_model: int, n_heads: int) -> Figur
         )  # fmt: skip
     ax.text(2.3, -0.7, "forward (upwards)", ha="center", color=FORWARD, fontsize=10)
     ax.text(7.5, -0.7, "backward (downwards)", ha="center", color=BACKWARD, fontsize=10)
-    ax.text(5.0, -0.7, "shape", ha="center", fontsize=10)
+    ax.text(5.0, -0.7, "shape (of a tensor and of its gradient)", ha="center", fontsize=9)
     ax.text(0.05, 4.0, "residual", rotation=90, va="center", color=RESIDUAL, fontsize=9)
     ax.set_title(
         f"One pre-LN block: B={batch}, T={length}, D={d_model}, H={n_heads}, "
@@ -90,3 +90,53 @@ def _arrow(ax, x0: float, y0: float, x1: float, y1: float, color: str) -> None:
     gap = 0.3 if y1 > y0 else -0.3  # from box edge to box edge
     arrow = {"arrowstyle": "->", "color": color, "lw": 1.2}
     ax.annotate("", xy=(x1, y1 - gap), xytext=(x0, y0 + gap), arrowprops=arrow)
+
+
+def tiled_attention_picture(length: int = 16, block_size: int = 4) -> Figure:
+    """The scores of one head, ``length`` queries (rows) by ``length`` keys (columns), in the
+    blocks of keys that :func:`gradcourse.by_hand.tiled_attention` visits one at a time: the
+    masked future in grey, each block in its own colour, and beside them what the backward keeps
+    per row (the output row and the log-sum-exp), against the ``T x T`` probabilities autograd
+    keeps.
+
+    Raises:
+        TypeError / ValueError: a size that is not a positive int.
+    """
+    check_positive_int("length", length)
+    check_positive_int("block_size", block_size)
+    fig, ax = subplots(width=8.0, height=4.6)
+    ax.set_xlim(-0.5, length + 4.5)
+    ax.set_ylim(length + 1.2, -1.8)
+    ax.axis("off")
+    for query in range(length):
+        for key in range(length):
+            block = key // block_size
+            if key > query:
+                color, alpha = "#BBBBBB", 0.6  # the future: masked, probability 0
+            else:
+                color, alpha = PALETTE[block % len(PALETTE)], 0.35 + 0.25 * (block % 2)
+            ax.add_patch(_square(key, query, color, alpha))
+    starts = list(range(0, length, block_size))
+    for start in [*starts, length]:
+        ax.plot([start - 0.5, start - 0.5], [-0.5, length - 0.5], color="black", lw=1.0)
+    for block, start in enumerate(starts):
+        middle = (start + min(start + block_size, length)) / 2 - 0.5
+        ax.text(middle, -1.0, f"block {block}", ha="center", fontsize=8)
+    saved = length + 1.0
+    for column, name in ((0, "O: d\nper row"), (2.5, "ℓ: 1\nper row")):
+        for query in range(length):
+            ax.add_patch(_square(saved + column, query, FORWARD, 0.5))
+        ax.text(saved + column, length + 0.9, name, ha="center", fontsize=8)
+    ax.text(length / 2 - 0.5, length + 0.6, "scores S (T × T): never stored whole", ha="center",
+            fontsize=9)  # fmt: skip
+    ax.set_title(
+        f"Tiled attention, T = {length} queries and keys, blocks of {block_size} keys:\n"
+        "the backward recomputes P = exp(S − ℓ) one block at a time"
+    )
+    return fig
+
+
+def _square(x: float, y: float, color: str, alpha: float):
+    from matplotlib.patches import Rectangle
+
+    return Rectangle((x - 0.5, y - 0.5), 1, 1, facecolor=color, alpha=alpha, edgecolor="white")

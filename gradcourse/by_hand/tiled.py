@@ -4,8 +4,9 @@ teaching size.
 Taught in: Chapter 12. Autograd's attention keeps the ``(T, T)``
 probabilities of every head for the backward. :class:`TiledAttention`
 keeps only the output ``O`` ``(T, d)`` and each row's log-sum-exp
-``L = log sum_j exp(S_ij)`` ``(T,)``, and in the backward recomputes the
-probabilities one block of keys at a time, ``P_ij = exp(S_ij - L_i)``
+``lse_i = log sum_j exp(S_ij)`` ``(T,)``, and in the backward
+recomputes the probabilities one block of keys at a time,
+``P_ij = exp(S_ij - lse_i)``
 (Dao et al., 2022). The forward walks the same blocks with a running
 maximum and sum (the online softmax), so no ``(T, T)`` tensor exists at
 any moment: at most ``(T, block_size)``.
@@ -35,7 +36,7 @@ def _block_scores(q, k_block, start, causal, scale) -> torch.Tensor:
 
 
 def tiled_forward(q, k, v, block_size, causal):
-    """``(O, L)``: the output ``(B, H, T, d)`` and the row-wise
+    """``(O, lse)``: the output ``(B, H, T, d)`` and the row-wise
     log-sum-exp ``(B, H, T, 1)``, block by block over the keys."""
     scale = 1 / math.sqrt(q.shape[-1])
     row_max = q.new_full(q.shape[:-1] + (1,), float("-inf"))
@@ -78,7 +79,7 @@ def tiled_backward(
 
 class TiledAttention(torch.autograd.Function):
     """``O = softmax(Q K^T / sqrt(d)) V`` whose backward recomputes the
-    probabilities; it saves ``q, k, v, O`` and ``L``, no ``(T, T)``
+    probabilities; it saves ``q, k, v, O`` and ``lse``, no ``(T, T)``
     tensor. Use through :func:`tiled_attention`."""
 
     @staticmethod
