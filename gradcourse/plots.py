@@ -10,6 +10,7 @@ without axis names and units is not allowed in the book.
 from __future__ import annotations
 
 import itertools
+import warnings
 from collections.abc import Mapping
 
 import matplotlib as mpl
@@ -297,4 +298,63 @@ def global_norm_lines(
             )
     label(ax, "step", "||gradient|| (global, before clipping)", title)
     ax.legend(fontsize=8)
+    return fig
+
+
+REDUCTIONS = {"max": np.nanmax, "min": np.nanmin, None: None}
+
+
+def history_panel(
+    ax: Axes,
+    histories: Mapping[str, Mapping],
+    key: str,
+    ylabel: str,
+    *,
+    reduce: str | None = None,
+    log: bool = True,
+) -> None:
+    """On ``ax``, one labelled line per run: ``history[key]`` over the steps where it was
+    measured (Chapter 13). A ``(S, n)`` key (one column per layer or block) is reduced over its
+    columns by ``reduce`` (``"max"`` or ``"min"``); a ``(S,)`` key is drawn as it is.
+
+    Raises:
+        TypeError / ValueError: ``histories`` is not a non-empty mapping, a history lacks
+            ``key``, ``reduce`` is not ``"max"``, ``"min"`` or None, or a ``(S, n)`` key is
+            given without ``reduce``.
+    """
+    if not isinstance(histories, Mapping) or not histories:
+        raise TypeError("histories must be a non-empty mapping of label -> history")
+    if reduce not in REDUCTIONS:
+        raise ValueError(f"reduce must be 'max', 'min' or None, got {reduce!r}")
+    for (name, history), color in zip(histories.items(), itertools.cycle(PALETTE)):
+        _check_history(history, key, "steps")
+        values = np.asarray(history[key], dtype=float)
+        if values.ndim == 2:
+            if reduce is None:
+                raise ValueError(f"{key} has one column per layer: give reduce='max' or 'min'")
+            with warnings.catch_warnings():  # an all-NaN row (not measured) stays NaN
+                warnings.simplefilter("ignore", RuntimeWarning)
+                values = REDUCTIONS[reduce](values, axis=1)
+        measured = ~np.isnan(values)
+        draw = ax.semilogy if log else ax.plot
+        draw(np.asarray(history["steps"])[measured], values[measured], color=color, label=name)
+    label(ax, "step", ylabel)
+
+
+def history_panels(
+    histories: Mapping[str, Mapping],
+    panels: list[tuple[str, str, str | None]],
+    title: str | None = None,
+) -> Figure:
+    """A row of :func:`history_panel` figures, one per ``(key, ylabel, reduce)`` in ``panels``,
+    the runs in the same colours in each, the legend on the first panel."""
+    if not panels:
+        raise ValueError("panels is empty: give at least one (key, ylabel, reduce)")
+    fig, axes = subplots(1, len(panels), width=3.6 * len(panels), height=3.2)
+    axes = np.atleast_1d(axes)
+    for ax, (key, ylabel, reduce) in zip(axes, panels, strict=True):
+        history_panel(ax, histories, key, ylabel, reduce=reduce)
+    axes[0].legend(fontsize=8)
+    if title is not None:
+        fig.suptitle(title)
     return fig

@@ -32,13 +32,15 @@ def train(
     scaler: torch.amp.GradScaler | None = None,
     monitor: GradientMonitor | None = None,
     description: str = "training",
+    show_progress: bool = True,
 ) -> list[float]:
     """Train for ``steps`` optimizer steps; return the loss of each step.
 
     Taught in: Chapter 9. Each step takes the next batch from ``batches`` and back-propagates
     ``loss_fn(model, batch)`` (a scalar). Then, in order: ``scaler.unscale_`` (if a GradScaler is
-    given), ``monitor.record()`` (the norms before clipping), ``clip_grad_norm_(clip_norm)``, the
-    optimizer step (through the scaler if given) and ``monitor.record_update()``, or
+    given), ``monitor.record(loss=...)`` (the norms before clipping, and the loss),
+    ``clip_grad_norm_(clip_norm)``, the optimizer step (through the scaler if given) and
+    ``monitor.record_update()``, or
     ``monitor.skip_step()`` for a step that was not taken.
 
     Two things stay outside, each with one home: gradient accumulation is
@@ -53,6 +55,9 @@ def train(
     ``skipped_steps`` (found from the loss scale, which the scaler lowers at every skip, so on
     the steps that ``every`` leaves out too).
 
+    ``description`` labels the progress bar; ``show_progress=False`` draws none (a sweep of
+    many short runs shows one bar over the runs instead).
+
     Raises:
         ValueError: a bad ``steps`` or ``clip_norm``, a closed monitor, a monitor built for
             another model or one attached to an optimizer, or fewer batches than ``steps``.
@@ -64,7 +69,7 @@ def train(
     _check_monitor(monitor, model)
     batch_iterator = iter(batches)
     losses = []
-    bar = progress(range(steps), desc=description)
+    bar = progress(range(steps), desc=description, disable=not show_progress)
     for step in bar:
         batch = next(batch_iterator, _RAN_OUT)
         if batch is _RAN_OUT:
@@ -77,7 +82,9 @@ def train(
             scaler.unscale_(optimizer)
         elif not math.isfinite(loss.item()):
             raise FloatingPointError(_nonfinite_loss_message(model, step, loss.item()))
-        finite = monitor.record(overflow_expected=scaler is not None) if monitor else True
+        finite = (
+            monitor.record(overflow_expected=scaler is not None, loss=loss) if monitor else True
+        )
         if clip_norm is not None:
             nn.utils.clip_grad_norm_(model.parameters(), clip_norm)
         stepped = _optimizer_step(optimizer, scaler, finite, watched=monitor is not None)

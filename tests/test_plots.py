@@ -9,6 +9,8 @@ import torch  # noqa: E402
 
 from gradcourse.plots import (  # noqa: E402
     PALETTE,
+    history_panel,
+    history_panels,
     label,
     layer_histograms,
     subplots,
@@ -214,3 +216,40 @@ def test_global_norm_lines_refuses_a_list_of_histories():
 
     with pytest.raises(TypeError, match="histories must be a mapping"):
         global_norm_lines([{"steps": [0], "global_norm": [1.0]}])
+
+
+def forward_history() -> dict:
+    steps = np.arange(4)
+    logits = np.array([[1.0, 2.0], [np.nan, np.nan], [3.0, 5.0], [4.0, 8.0]])
+    return {"steps": steps, "attention_logit_max": logits, "loss": np.array([3.0, 2, 1, 1])}
+
+
+def test_history_panel_reduces_columns_and_skips_unmeasured_steps():
+    fig, ax = plt.subplots()
+    history_panel(ax, {"run": forward_history()}, "attention_logit_max", "logit", reduce="max")
+    (line,) = ax.get_lines()
+    np.testing.assert_array_equal(line.get_xdata(), [0, 2, 3])
+    np.testing.assert_array_equal(line.get_ydata(), [2.0, 5.0, 8.0])
+    assert ax.get_xlabel() == "step" and ax.get_ylabel() == "logit"
+    plt.close(fig)
+
+
+def test_history_panel_needs_reduce_for_a_per_layer_key():
+    fig, ax = plt.subplots()
+    with pytest.raises(ValueError, match="reduce"):
+        history_panel(ax, {"run": forward_history()}, "attention_logit_max", "logit")
+    plt.close(fig)
+
+
+def test_history_panels_draw_one_panel_per_key_with_one_legend():
+    fig = history_panels(
+        {"a": forward_history(), "b": forward_history()},
+        [("loss", "loss (nats)", None), ("attention_logit_max", "logit", "min")],
+    )
+    assert len(fig.axes) == 2 and fig.axes[0].get_legend() is not None
+    plt.close(fig)
+
+
+def test_history_panels_refuse_no_panels():
+    with pytest.raises(ValueError, match="panels"):
+        history_panels({"a": forward_history()}, [])

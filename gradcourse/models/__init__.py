@@ -5,7 +5,8 @@
 - :mod:`gradcourse.models.mlp`: :class:`MLP` (Chapters 6, 7, 8, 10)
 - :mod:`gradcourse.models.rnn`: :class:`RNN` and :func:`scaled_orthogonal_`
   (Chapters 6, 8)
-- :mod:`gradcourse.models.loss`: :func:`next_token_loss`, with an optional z-loss
+- :mod:`gradcourse.models.loss`: :func:`next_token_loss`, with an optional z-loss,
+  and :func:`per_sequence_loss`
   (Chapter 13, and every language model the package trains)
 
 One vocabulary across them: sizes are ``input_size``/``output_size`` (and
@@ -14,7 +15,7 @@ elementwise function; ``normalization`` says *which* normalisation an MLP
 uses, ``norm_placement`` *where* TinyGPT's LayerNorms sit.
 """
 
-from gradcourse.models.loss import next_token_loss
+from gradcourse.models.loss import next_token_loss, per_sequence_loss
 from gradcourse.models.mlp import MLP
 from gradcourse.models.rnn import RNN, scaled_orthogonal_
 from gradcourse.models.tinygpt import TinyGPT, is_tied, sinusoidal_positions
@@ -25,6 +26,7 @@ __all__ = [
     "TinyGPT",
     "is_tied",
     "next_token_loss",
+    "per_sequence_loss",
     "scaled_orthogonal_",
     "sinusoidal_positions",
 ]

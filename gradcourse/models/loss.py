@@ -26,6 +26,34 @@ def next_token_loss(
             number.
         ValueError: the shapes disagree, or ``z_loss`` is negative.
     """
+    _check_logits_and_targets(logits, targets)
+    check_number("z_loss", z_loss, minimum=0)
+    flat = logits.reshape(-1, logits.shape[-1])
+    loss = F.cross_entropy(flat, targets.reshape(-1).long())
+    if z_loss:
+        wide = flat.to(torch.promote_types(flat.dtype, torch.float32))  # bf16 logits: float32
+        loss = loss + z_loss * torch.logsumexp(wide, dim=-1).pow(2).mean()
+    return loss
+
+
+def per_sequence_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """``(B,)``: the mean next-token loss of each sequence of ``logits`` ``(B, T, V)`` against
+    ``targets`` ``(B, T)``; their mean is :func:`next_token_loss` without z-loss.
+
+    Taught in: Chapter 13: which sequences of a batch a loss spike came from.
+
+    Raises:
+        TypeError / ValueError: as :func:`next_token_loss`, or inputs that are not ``(B, T, V)``
+            and ``(B, T)``.
+    """
+    _check_logits_and_targets(logits, targets)
+    if logits.dim() != 3:
+        raise ValueError(f"logits must be (B, T, V), got shape {tuple(logits.shape)}")
+    per_position = F.cross_entropy(logits.transpose(1, 2), targets.long(), reduction="none")
+    return per_position.mean(dim=1)
+
+
+def _check_logits_and_targets(logits: object, targets: object) -> None:
     if not isinstance(logits, torch.Tensor) or not logits.is_floating_point():
         raise TypeError(
             "logits must be a floating-point tensor, got "
@@ -41,10 +69,3 @@ def next_token_loss(
             f"targets must have shape logits.shape[:-1] = {tuple(logits.shape[:-1])}, got "
             f"{tuple(targets.shape)}"
         )
-    check_number("z_loss", z_loss, minimum=0)
-    flat = logits.reshape(-1, logits.shape[-1])
-    loss = F.cross_entropy(flat, targets.reshape(-1).long())
-    if z_loss:
-        wide = flat.to(torch.promote_types(flat.dtype, torch.float32))  # bf16 logits: float32
-        loss = loss + z_loss * torch.logsumexp(wide, dim=-1).pow(2).mean()
-    return loss
