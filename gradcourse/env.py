@@ -5,9 +5,14 @@ Taught in: every chapter (the setup cell); see the book's introduction.
 
 from __future__ import annotations
 
+import importlib
+import importlib.metadata
+import importlib.util
 import os
 import platform
 import random
+import subprocess
+import sys
 from collections.abc import Iterable
 from typing import Any, TypeVar
 
@@ -108,3 +113,51 @@ def progress(iterable: Iterable[T], **tqdm_options: Any) -> Iterable[T]:
     if os.environ.get(TEXT_PROGRESS_VARIABLE) == "1":
         return FinalLineBar(iterable, **tqdm_options)
     return auto_tqdm(iterable, **tqdm_options)
+
+
+#: What a chapter imports beyond the package's own dependencies, as ``{module: pip requirement}``.
+#: Colab ships most of them (not ``trl``); :func:`ensure_installed` installs what is missing. The
+#: requirements are unpinned so that pip fits them to what the runtime has; CI tests the pins of
+#: ``requirements.txt``. pyproject.toml's extras list the same requirements per chapter.
+CHAPTER_REQUIREMENTS: dict[str, str] = {
+    "tensorflow": "tensorflow",  # chapter 1
+    "transformers": "transformers",  # chapters 4 and 9
+    "accelerate": "accelerate",  # chapter 9 (the Trainer needs it)
+    "trl": "trl",  # chapter 9
+    "datasets": "datasets",  # chapter 9
+    "tokenizers": "tokenizers",  # chapter 9
+    "tensorboard": "tensorboard",  # chapter 9
+}
+
+
+def ensure_installed(*modules: str) -> dict[str, str]:
+    """Install with pip whichever of ``modules`` cannot be imported (in one visible line), then
+    return and print the version of each, ``{module: version}``.
+
+    Taught in: the chapters that use a library Colab may not ship (Chapters 1, 4, 9). Run it
+    before anything imports these modules: pip may upgrade a module that another one needs.
+
+    Raises:
+        ValueError: a module not in :data:`CHAPTER_REQUIREMENTS`, or none given.
+        subprocess.CalledProcessError: pip failed (for example without a network).
+    """
+    if not modules:
+        raise ValueError("name at least one module")
+    unknown = [m for m in modules if m not in CHAPTER_REQUIREMENTS]
+    if unknown:
+        raise ValueError(
+            f"no requirement known for {unknown}; known: {sorted(CHAPTER_REQUIREMENTS)}"
+        )
+    missing = [m for m in modules if importlib.util.find_spec(m) is None]
+    if missing:
+        requirements = [CHAPTER_REQUIREMENTS[m] for m in missing]
+        print(f"installing {' '.join(requirements)} (not found)", flush=True)
+        subprocess.check_call([sys.executable, "-m", "pip", "install", "--quiet", *requirements])
+        importlib.invalidate_caches()
+    distributions = importlib.metadata.packages_distributions()  # tensorflow: tensorflow-cpu
+    found = {
+        m: importlib.metadata.version(distributions.get(m, [CHAPTER_REQUIREMENTS[m]])[0])
+        for m in modules
+    }
+    print(" | ".join(f"{m} {v}" for m, v in found.items()))
+    return found

@@ -420,3 +420,68 @@ def test_a_closed_monitor_refuses_to_snapshot(tiny_gpt):
     monitor.close()
     with pytest.raises(RuntimeError, match="was closed"):
         monitor.snapshot()
+
+
+def trained_monitor(tiny_gpt, train_steps, **options) -> tuple[GradientMonitor, nn.Module]:
+    model = tiny_gpt()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    with GradientMonitor(model, optimizer, **options) as monitor:
+        train_steps(model, optimizer, 3)
+    return monitor, model
+
+
+def test_log_to_a_callable_writes_the_trainer_callback_keys(tiny_gpt, train_steps):
+    monitor, _ = trained_monitor(tiny_gpt, train_steps)
+    written = []
+    monitor.log_to(lambda metrics, step: written.append((step, metrics)))
+    assert [step for step, _ in written] == [0, 1, 2]
+    step, metrics = written[1]
+    assert metrics["grad_norm"] == pytest.approx(float(monitor.history["global_norm"][1]))
+    assert metrics["grad_norm/blocks.0.attention.qkv"] > 0
+    assert all(isinstance(value, float) for value in metrics.values())
+
+
+def test_log_to_an_object_with_log_metrics_passes_the_step(tiny_gpt, train_steps):
+    class LightningLikeLogger:
+        def __init__(self):
+            self.calls = []
+
+        def log_metrics(self, metrics, step=None):
+            self.calls.append((step, metrics))
+
+    monitor, _ = trained_monitor(tiny_gpt, train_steps)
+    logger = LightningLikeLogger()
+    monitor.log_to(logger, prefix="train")
+    assert [step for step, _ in logger.calls] == [0, 1, 2]
+    assert all(key.startswith("train/") for _, m in logger.calls for key in m)
+
+
+def test_log_to_a_wandb_like_run_uses_log(tiny_gpt, train_steps):
+    class RunLike:
+        def __init__(self):
+            self.logged = []
+
+        def log(self, data, step=None, commit=None):
+            self.logged.append((step, data))
+
+    monitor, _ = trained_monitor(tiny_gpt, train_steps)
+    run = RunLike()
+    monitor.log_to(run)
+    assert len(run.logged) == 3 and "update_ratio/blocks.0.attention.qkv" in run.logged[0][1]
+
+
+def test_log_to_writes_forward_statistics_where_measured(tiny_gpt, train_steps):
+    monitor, _ = trained_monitor(tiny_gpt, train_steps, forward_stats=True, detail_every=2)
+    written = {}
+    monitor.log_to(lambda metrics, step: written.setdefault(step, metrics))
+    assert "attention_logit_max/blocks.0.attention" in written[0]
+    assert "attention_logit_max/blocks.0.attention" not in written[1]  # not a detailed step
+    assert "log_z_mean" in written[2]
+
+
+def test_log_to_refuses_something_that_cannot_log(tiny_gpt, train_steps):
+    monitor, _ = trained_monitor(tiny_gpt, train_steps)
+    with pytest.raises(TypeError, match="log_metrics"):
+        monitor.log_to(object())
+    with pytest.raises(TypeError, match="prefix"):
+        monitor.log_to(print, prefix=3)

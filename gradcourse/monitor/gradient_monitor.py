@@ -394,7 +394,13 @@ class GradientMonitor:
             forward_notes=list(forward.notes) if forward is not None else [],
         )
 
-    def log_to(self, writer, *, prefix: str = "gradients") -> None:
-        """Write the history to a TensorBoard ``SummaryWriter``: scalars (global norm, per-layer
-        norms and update ratios) and per-layer histograms, at their training steps."""
+    def log_to(self, writer, *, prefix: str | None = None) -> None:
+        """Write the history, at its training steps, to a TensorBoard ``SummaryWriter`` (scalars:
+        global norm, per-layer norms and update ratios; per-layer histograms; tags under
+        ``"gradients"`` unless ``prefix`` says otherwise) or to any metrics logger: a
+        ``log(metrics, step)`` callable, or an object with ``log_metrics`` (Lightning's loggers,
+        ``mlflow``) or ``log`` (a W&B run), one dictionary per recorded step with the Trainer
+        callback's keys (``grad_norm/<layer>``; see
+        :func:`~gradcourse.monitor.export.step_metrics`).
+        """
         log_history(self.history, writer, prefix=prefix)
