@@ -106,6 +106,14 @@ class SpikeDetector:
         self.spikes.extend(found)
         return found
 
+    def state_dict(self) -> dict:
+        """The windows (not the :attr:`spikes` found: the evidence survives a rewind)."""
+        return {signal: list(values) for signal, values in self._values.items()}
+
+    def load_state_dict(self, state: dict) -> None:
+        for signal in SIGNALS:
+            self._values[signal] = collections.deque(state[signal], maxlen=self.window)
+
     def _judge(self, step: int, signal: str, value: float) -> Spike | None:
         window = np.asarray(self._values[signal])
         if not math.isfinite(value):
@@ -198,15 +206,17 @@ def spike_layers(history: Mapping, step: int, top: int = 3) -> list[tuple[str, f
 
 
 class RecentCheckpoints:
-    """The model's and the optimizer's states at the last ``keep`` saved steps, in memory
-    (plus the random-number state), so a run can rewind.
+    """The model's and the optimizer's states (and those of any ``others`` with ``state_dict``
+    and ``load_state_dict``, such as a :class:`SpikeDetector`) at the last ``keep`` saved steps,
+    in memory, with the random-number state, so a run can rewind.
 
     Taught in: Chapter 13. PaLM (Chowdhery et al., 2022) met loss spikes by restarting from a
     checkpoint about 100 steps before the spike and skipping the 200-500 batches around it.
     A large run keeps its checkpoints on disk every few hundred steps; the rewind is the same.
 
     Raises:
-        TypeError / ValueError: a bad ``keep``; :meth:`restore` of a step not kept.
+        TypeError / ValueError: a bad ``keep`` or ``steps``; :meth:`restore` of a step not kept,
+            or with other objects than were saved.
     """
 
     def __init__(self, keep: int) -> None:
@@ -219,12 +229,18 @@ class RecentCheckpoints:
         """The steps kept, oldest first."""
         return list(self._states)
 
-    def save(self, step: int, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+    def save(
+        self, step: int, model: nn.Module, optimizer: torch.optim.Optimizer, **others: object
+    ) -> None:
         """Keep the states *before* ``step`` runs (dropping the oldest beyond ``keep``)."""
         check_int("step", step, minimum=0)
+        for name, other in others.items():
+            if not (hasattr(other, "state_dict") and hasattr(other, "load_state_dict")):
+                raise TypeError(f"{name} has no state_dict/load_state_dict to save")
         self._states[step] = {
             "model": copy.deepcopy(model.state_dict()),
             "optimizer": copy.deepcopy(optimizer.state_dict()),
+            "others": {name: copy.deepcopy(o.state_dict()) for name, o in others.items()},
             "rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
         }
@@ -232,13 +248,42 @@ class RecentCheckpoints:
         while len(self._states) > self.keep:
             self._states.popitem(last=False)
 
-    def restore(self, step: int, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
-        """Put ``model`` and ``optimizer`` back to their states before ``step``."""
+    def restore(
+        self, step: int, model: nn.Module, optimizer: torch.optim.Optimizer, **others: object
+    ) -> None:
+        """Put everything back to its state before ``step``, and forget the checkpoints saved
+        after it (a branch that the rewind abandons)."""
         if step not in self._states:
             raise ValueError(f"no checkpoint before step {step}; kept: {self.steps}")
         state = self._states[step]
+        if set(others) != set(state["others"]):
+            raise ValueError(
+                f"saved with {sorted(state['others'])}, restored with {sorted(others)}"
+            )
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
+        for name, other in others.items():
+            other.load_state_dict(copy.deepcopy(state["others"][name]))
         torch.set_rng_state(state["rng"])
         if state["cuda_rng"] is not None:
             torch.cuda.set_rng_state_all(state["cuda_rng"])
+        for later in [kept for kept in self._states if kept > step]:
+            del self._states[later]
+
+    def rewind(
+        self,
+        step: int,
+        steps: int,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        **others: object,
+    ) -> int:
+        """Go back ``steps`` steps from ``step``, or as far as the checkpoints reach, and return
+        the step restored (its checkpoint is kept; the later ones are forgotten)."""
+        check_positive_int("steps", steps)
+        earlier = [kept for kept in self._states if kept <= step]
+        if not earlier:
+            raise ValueError(f"no checkpoint at or before step {step}; kept: {self.steps}")
+        target = max([kept for kept in earlier if kept <= step - steps] or [min(earlier)])
+        self.restore(target, model, optimizer, **others)
+        return target

@@ -81,9 +81,10 @@ def normalized_mlp_run(
     batch_size: int = 64,
 ) -> DecayRun:
     """Train ``MLP(3, 128, 32, 10, normalization="layer")`` on :func:`teacher_data` with
-    ``optimizer`` (``"sgd"`` or ``"adamw"``) under :func:`cosine_lr` (5% warm-up), decaying the
-    two LayerNorm-ed linear layers only. ``corrected=False``: the decay stays
-    ``weight_decay``; ``corrected=True``: it is ``weight_decay * lr_t / lr`` (AdamC / SGDC).
+    ``optimizer`` (``"sgd"``, or ``"adamw"`` with betas (0.9, 0.95)) under :func:`cosine_lr`
+    (5% warm-up), decaying the two LayerNorm-ed linear layers only. ``corrected=False``: the
+    decay stays ``weight_decay``; ``corrected=True``: it is ``weight_decay * lr_t / lr``
+    (AdamC / SGDC).
 
     Raises:
         TypeError / ValueError: a bad optimizer name, rate, decay or size.
@@ -102,7 +103,10 @@ def normalized_mlp_run(
         {"params": normalized, "weight_decay": weight_decay},
         {"params": [p for p in model.parameters() if id(p) not in chosen], "weight_decay": 0.0},
     ]
-    optim = torch.optim.SGD(groups, lr=lr) if optimizer == "sgd" else torch.optim.AdamW(groups)
+    if optimizer == "sgd":
+        optim = torch.optim.SGD(groups, lr=lr)
+    else:  # the large-model setting of Chapter 13
+        optim = torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.95))
     sampler = torch.Generator().manual_seed(seed + 1)
     rows = []
     for step in range(steps):

@@ -205,3 +205,50 @@ def test_per_sequence_loss_averages_to_the_batch_loss():
 def test_per_sequence_loss_refuses_flat_logits():
     with pytest.raises(ValueError, match=r"\(B, T, V\)"):
         per_sequence_loss(torch.randn(4, 7), torch.zeros(4, dtype=torch.long))
+
+
+def stepped_checkpoints(tiny_gpt, backward, steps: int, keep: int):
+    model = tiny_gpt()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    detector = SpikeDetector(window=8, min_history=2)
+    checkpoints = RecentCheckpoints(keep=keep)
+    for step in range(steps):
+        checkpoints.save(step, model, optimizer, detector=detector)
+        optimizer.zero_grad()
+        backward(model, seed=step)
+        optimizer.step()
+        detector.check(step, float(step), 1.0)
+    return model, optimizer, detector, checkpoints
+
+
+def test_restore_forgets_the_abandoned_branch(tiny_gpt, backward):
+    model, optimizer, detector, checkpoints = stepped_checkpoints(tiny_gpt, backward, 6, 4)
+    checkpoints.restore(3, model, optimizer, detector=detector)
+    assert checkpoints.steps == [2, 3]
+
+
+def test_rewind_goes_back_k_steps_or_as_far_as_it_can(tiny_gpt, backward):
+    model, optimizer, detector, checkpoints = stepped_checkpoints(tiny_gpt, backward, 6, 4)
+    assert checkpoints.rewind(5, 2, model, optimizer, detector=detector) == 3
+    assert checkpoints.rewind(3, 5, model, optimizer, detector=detector) == 2  # the oldest
+    assert checkpoints.steps == [2]
+
+
+def test_rewind_restores_the_detector_window_but_keeps_its_evidence(tiny_gpt, backward):
+    model, optimizer, detector, checkpoints = stepped_checkpoints(tiny_gpt, backward, 6, 4)
+    detector.spikes.append(Spike(5, "loss", 9.0, 1.0, 1.0))
+    checkpoints.restore(3, model, optimizer, detector=detector)
+    assert detector.state_dict()["loss"] == [0.0, 1.0, 2.0]
+    assert len(detector.spikes) == 1
+
+
+def test_restore_refuses_other_objects_than_were_saved(tiny_gpt, backward):
+    model, optimizer, _, checkpoints = stepped_checkpoints(tiny_gpt, backward, 2, 2)
+    with pytest.raises(ValueError, match="detector"):
+        checkpoints.restore(1, model, optimizer)
+
+
+def test_save_refuses_an_object_without_state(tiny_gpt):
+    model = tiny_gpt()
+    with pytest.raises(TypeError, match="note"):
+        RecentCheckpoints(2).save(0, model, torch.optim.SGD(model.parameters(), 0.1), note=3)
