@@ -4,17 +4,23 @@ error that names the value."""
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Collection
 
+import numpy as np
 import torch
 
 INTEGER_DTYPES = (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8)
 
 
+def _is_bool(value: object) -> bool:
+    return isinstance(value, (bool, np.bool_))
+
+
 def check_int(name: str, value: object, minimum: int = 1) -> None:
-    """Raise ``TypeError`` unless ``value`` is an ``int`` (``bool``
-    refused), ``ValueError`` unless it is ``>= minimum``."""
-    if isinstance(value, bool) or not isinstance(value, int):
+    """Raise ``TypeError`` unless ``value`` is an integer (an ``int`` or a NumPy integer;
+    ``bool`` refused), ``ValueError`` unless it is ``>= minimum``."""
+    if _is_bool(value) or not isinstance(value, numbers.Integral):
         raise TypeError(f"{name} must be an int, got {value!r}")
     if value < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {value}")
@@ -28,10 +34,10 @@ def check_positive_int(name: str, value: object) -> None:
 def check_number(
     name: str, value: object, minimum: float | None = None, *, strict: bool = False
 ) -> None:
-    """Raise ``TypeError`` unless ``value`` is an int or a float (``bool``
-    refused), ``ValueError`` unless it is finite and ``>= minimum`` (``>
+    """Raise ``TypeError`` unless ``value`` is a real number (an int, a float or a NumPy
+    scalar; ``bool`` refused), ``ValueError`` unless it is finite and ``>= minimum`` (``>
     minimum`` with ``strict``)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    if _is_bool(value) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a number, got {value!r}")
     if not math.isfinite(value):
         raise ValueError(f"{name} must be finite, got {value!r}")

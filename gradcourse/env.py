@@ -130,6 +130,15 @@ CHAPTER_REQUIREMENTS: dict[str, str] = {
 }
 
 
+def _version(module: str, distributions: dict[str, list[str]]) -> str:
+    """The installed version of ``module``'s distribution ("unknown" for a module found on
+    the path without one, such as a local folder of that name)."""
+    try:
+        return importlib.metadata.version(distributions.get(module, [module])[0])
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
 def ensure_installed(*modules: str) -> dict[str, str]:
     """Install with pip whichever of ``modules`` cannot be imported (in one visible line), then
     return and print the version of each, ``{module: version}``.
@@ -143,6 +152,9 @@ def ensure_installed(*modules: str) -> dict[str, str]:
     """
     if not modules:
         raise ValueError("name at least one module")
+    for module in modules:
+        if not isinstance(module, str):
+            raise TypeError(f"modules are names (str), got {module!r}")
     unknown = [m for m in modules if m not in CHAPTER_REQUIREMENTS]
     if unknown:
         raise ValueError(
@@ -155,9 +167,6 @@ def ensure_installed(*modules: str) -> dict[str, str]:
         subprocess.check_call([sys.executable, "-m", "pip", "install", "--quiet", *requirements])
         importlib.invalidate_caches()
     distributions = importlib.metadata.packages_distributions()  # tensorflow: tensorflow-cpu
-    found = {
-        m: importlib.metadata.version(distributions.get(m, [CHAPTER_REQUIREMENTS[m]])[0])
-        for m in modules
-    }
+    found = {m: _version(m, distributions) for m in modules}
     print(" | ".join(f"{m} {v}" for m, v in found.items()))
     return found

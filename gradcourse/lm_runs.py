@@ -42,11 +42,11 @@ class LMRunConfig:
     """One run of :func:`train_lm`: the learning rate, the seed, the fixes
     (``qk_norm``, ``z_loss``) and the sizes. The defaults are the
     chapter's: width 64, 2 blocks of 4 heads, 8 windows of 32 tokens, a
-    vocabulary of the 1000 commonest words, 150 steps, weight decay 0.1."""
+    vocabulary of the 1000 commonest words, 120 steps, weight decay 0.1."""
 
     lr: float
     seed: int = 0
-    steps: int = 150
+    steps: int = 120
     qk_norm: bool = False
     z_loss: float = 0.0
     weight_decay: float = 0.1
@@ -64,8 +64,15 @@ class LMRunConfig:
         for name in ("steps", "d_model", "n_layers", "n_heads", "batch_size", "length"):
             check_positive_int(name, getattr(self, name))
         check_positive_int("max_vocab", self.max_vocab)
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
-            raise TypeError(f"seed must be an int, got {self.seed!r}")
+        check_int("seed", self.seed, minimum=0)
+        if self.seed >= 2**63:
+            raise ValueError(f"seed must be < 2**63, got {self.seed}")
+        if not isinstance(self.qk_norm, bool):
+            raise TypeError(f"qk_norm must be True or False, got {self.qk_norm!r}")
+        if self.d_model % self.n_heads:
+            raise ValueError(
+                f"d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads})"
+            )
 
     def but(self, **changes: object) -> LMRunConfig:
         """This configuration with ``changes`` (``config.but(lr=1e-2)``)."""
@@ -85,11 +92,17 @@ class LMRun:
     model: TinyGPT
 
 
-@functools.cache
 def corpus_split(max_vocab: int = 1000) -> tuple[torch.Tensor, torch.Tensor, int]:
     """``(train_ids, held_out_ids, vocab_size)``: the corpus as word ids
-    of its ``max_vocab`` commonest words, the last tenth held out."""
+    of its ``max_vocab`` commonest words, the last tenth held out (new
+    tensors on every call; the tokenisation is done once per size)."""
     check_positive_int("max_vocab", max_vocab)
+    train_ids, held_out_ids, vocab_size = _corpus_split(int(max_vocab))
+    return train_ids.clone(), held_out_ids.clone(), vocab_size
+
+
+@functools.cache
+def _corpus_split(max_vocab: int) -> tuple[torch.Tensor, torch.Tensor, int]:
     text = stdlib_corpus()
     tokenizer = WordTokenizer(text, max_vocab=max_vocab)
     ids = tokenizer.encode(text)
@@ -114,16 +127,17 @@ def held_out_loss(model: TinyGPT, config: LMRunConfig, device: torch.device) -> 
 
 def build_lm(config: LMRunConfig, device: torch.device | str = "cpu") -> TinyGPT:
     """The run's TinyGPT, initialised from ``config.seed``."""
-    _, _, vocab_size = corpus_split(config.max_vocab)
-    torch.manual_seed(config.seed)
-    model = TinyGPT(
-        vocab_size,
-        d_model=config.d_model,
-        n_layers=config.n_layers,
-        n_heads=config.n_heads,
-        max_len=config.length,
-        qk_norm=config.qk_norm,
-    )
+    _, _, vocab_size = _corpus_split(int(config.max_vocab))
+    with torch.random.fork_rng(devices=[]):  # the caller's random stream is left alone
+        torch.manual_seed(config.seed)
+        model = TinyGPT(
+            vocab_size,
+            d_model=config.d_model,
+            n_layers=config.n_layers,
+            n_heads=config.n_heads,
+            max_len=config.length,
+            qk_norm=config.qk_norm,
+        )
     return model.to(device)
 
 
@@ -133,6 +147,8 @@ def decay_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     normalisation gains) not decayed at all. A decayed gain would pull a normalised layer
     towards zero output."""
     check_number("weight_decay", weight_decay, minimum=0)
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
     parameters = [p for p in model.parameters() if p.requires_grad]
     return [
         {"params": [p for p in parameters if p.dim() >= 2], "weight_decay": weight_decay},
@@ -154,7 +170,7 @@ def train_lm(
     train_ids, _, _ = corpus_split(config.max_vocab)
     model = build_lm(config, device)
     optimizer = torch.optim.AdamW(
-        decay_groups(model, config.weight_decay), lr=config.lr, betas=(0.9, 0.95)
+        decay_groups(model, config.weight_decay), lr=config.lr, betas=(0.9, 0.95), foreach=True
     )
     monitor = GradientMonitor(model, detail_every=10, forward_stats=True, histograms=False)
     batches = random_windows(
@@ -220,7 +236,15 @@ def corrupt_batch(
     batch: tuple[torch.Tensor, torch.Tensor], vocab_size: int, rows: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``batch`` with its first ``rows`` sequences (inputs and targets) replaced by uniformly
-    random tokens: a shard of garbage in the data."""
+    random tokens below ``vocab_size``: a shard of garbage in the data.
+
+    Raises:
+        TypeError / ValueError: a bad ``vocab_size``, or ``rows`` not in ``1 .. batch size``.
+    """
+    check_positive_int("vocab_size", vocab_size)
+    check_positive_int("rows", rows)
+    if rows > len(batch[0]):
+        raise ValueError(f"rows ({rows}) must be <= the batch size ({len(batch[0])})")
     inputs, targets = (t.clone() for t in batch)
     noise = torch.randint(
         0, vocab_size, (2, rows, inputs.shape[1]), generator=torch.Generator().manual_seed(7)
@@ -245,18 +269,58 @@ def fault_run(
     ``"gradient"`` multiplies that step's loss by its number of tokens before ``backward`` (a
     loss summed instead of averaged: a gradient spike the loss does not show). ``protection``:
     ``"clip"`` (``clip_grad_norm_(clip_norm)``), ``"agc"`` (:func:`adaptive_clip_grad_`) or
-    ``"skip"`` (no optimizer step where a :class:`SpikeDetector` with a 32-step window flags).
+    ``"skip"`` (no optimizer step where a :class:`SpikeDetector` with a 32-step window flags;
+    a non-finite gradient is flagged and skipped too). The loss includes ``config.z_loss``;
+    the run is as long as ``batches`` (``config.steps`` is not used), whose windows must be
+    ``config.length`` long. The per-step statistics are read on the host at every step: a
+    teaching loop, not a fast one.
+
+    Raises:
+        TypeError / ValueError: an unknown fault or protection, a bad threshold, no batches,
+            batches of the wrong shape, or a ``fault_step`` outside the run.
     """
     check_choice("fault", fault, FAULTS)
     check_choice("protection", protection, PROTECTIONS)
     check_int("fault_step", fault_step, minimum=0)
+    check_number("clip_norm", clip_norm, minimum=0, strict=True)
+    check_number("agc_clipping", agc_clipping, minimum=0, strict=True)
+    _check_batches(batches, config, fault, fault_step)
     device = batches[0][0].device
     model = build_lm(config, device)
     optimizer = torch.optim.AdamW(
-        decay_groups(model, config.weight_decay), lr=config.lr, betas=(0.9, 0.95)
+        decay_groups(model, config.weight_decay), lr=config.lr, betas=(0.9, 0.95), foreach=True
     )
     detector = SpikeDetector(window=32, min_history=16)
-    monitor = GradientMonitor(model, histograms=False)
+    monitor = GradientMonitor(model, histograms=False, on_nonfinite="report")
+    try:
+        rows, sequence_losses = _fault_steps(
+            model, optimizer, detector, monitor, batches, fault, fault_step,
+            protection, clip_norm, agc_clipping, config.z_loss,
+        )  # fmt: skip
+        history = monitor.history
+    finally:
+        monitor.close()
+    columns = (np.array(column) for column in zip(*rows, strict=True))
+    return FaultRun(*columns, detector, model, sequence_losses, history)
+
+
+def _check_batches(batches: list, config: LMRunConfig, fault: str | None, step: int) -> None:
+    if not isinstance(batches, list) or not batches:
+        raise ValueError("batches must be a non-empty list of (inputs, targets)")
+    shape = tuple(batches[0][0].shape)
+    if len(shape) != 2 or shape[1] != config.length:
+        raise ValueError(f"batches must be (B, {config.length}) windows, got {shape}")
+    if fault is not None and step >= len(batches):
+        raise ValueError(f"fault_step {step} is outside the run of {len(batches)} batches")
+    if fault == "data" and 3 * shape[0] // 4 == 0:
+        raise ValueError(f"a data fault corrupts 3/4 of a batch: {shape[0]} rows are too few")
+
+
+def _fault_steps(
+    model, optimizer, detector, monitor, batches, fault, fault_step, protection, clip_norm,
+    agc_clipping, z_loss,
+) -> tuple[list[tuple], dict[int, np.ndarray]]:  # fmt: skip
+    """The loop of :func:`fault_run`: one row of statistics per step, and the evidence."""
     rows, sequence_losses = [], {}
     for step, (inputs, targets) in enumerate(batches):
         if fault == "data" and step == fault_step:
@@ -265,10 +329,10 @@ def fault_run(
             )
         optimizer.zero_grad(set_to_none=True)
         logits = model(inputs)
-        loss = next_token_loss(logits, targets)
+        loss = next_token_loss(logits, targets, z_loss=z_loss)
         scale = targets.numel() if fault == "gradient" and step == fault_step else 1
         (scale * loss).backward()
-        norm = nn.utils.clip_grad_norm_(model.parameters(), math.inf)
+        norm = _gradient_norm(model)
         monitor.record(loss=loss.detach())
         flagged = detector.check(step, loss, norm)
         if flagged:  # the evidence: which rows of the batch
@@ -281,13 +345,19 @@ def fault_run(
             before = [p.detach().clone() for p in model.parameters()]
             optimizer.step()
             monitor.record_update()
-            update = math.sqrt(sum((p - b).pow(2).sum().item() for p, b in zip(
-                model.parameters(), before, strict=True)))  # fmt: skip
+            update = torch.linalg.vector_norm(torch.stack([
+                torch.linalg.vector_norm(p.detach() - b)
+                for p, b in zip(model.parameters(), before, strict=True)
+            ])).item()  # fmt: skip
         rows.append((loss.item(), norm.item(), update, clipped, _second_moment_rms(optimizer)))
-    columns = (np.array(column) for column in zip(*rows, strict=True))
-    history = monitor.history
-    monitor.close()
-    return FaultRun(*columns, detector, model, sequence_losses, history)
+    return rows, sequence_losses
+
+
+def _gradient_norm(model: nn.Module) -> torch.Tensor:
+    """The global gradient norm (what ``clip_grad_norm_`` measures), without scaling: an
+    infinite norm stays infinite rather than turning every gradient into NaN."""
+    norms = [torch.linalg.vector_norm(p.grad) for p in model.parameters() if p.grad is not None]
+    return torch.linalg.vector_norm(torch.stack(norms))
 
 
 def _second_moment_rms(optimizer: torch.optim.Optimizer) -> float:
@@ -295,7 +365,7 @@ def _second_moment_rms(optimizer: torch.optim.Optimizer) -> float:
     states = [s["exp_avg_sq"] for s in optimizer.state.values() if "exp_avg_sq" in s]
     if not states:
         return 0.0
-    total = sum(v.sum().item() for v in states)
+    total = torch.stack([v.sum() for v in states]).sum().item()
     return math.sqrt(total / sum(v.numel() for v in states))
 
 

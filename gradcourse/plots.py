@@ -329,6 +329,13 @@ def history_panel(
     for (name, history), color in zip(histories.items(), itertools.cycle(PALETTE)):
         _check_history(history, key, "steps")
         values = np.asarray(history[key], dtype=float)
+        if values.ndim not in (1, 2) or len(values) != len(history["steps"]):
+            raise ValueError(
+                f"{name}: {key} has shape {values.shape}, not (steps,) or (steps, n) with "
+                f"{len(history['steps'])} steps"
+            )
+        if values.ndim == 1 and reduce is not None:
+            raise ValueError(f"{key} has one value per step: reduce must be None")
         if values.ndim == 2:
             if reduce is None:
                 raise ValueError(f"{key} has one column per layer: give reduce='max' or 'min'")
@@ -336,6 +343,8 @@ def history_panel(
                 warnings.simplefilter("ignore", RuntimeWarning)
                 values = REDUCTIONS[reduce](values, axis=1)
         measured = ~np.isnan(values)
+        if log and (values[measured] <= 0).any():
+            raise ValueError(f"{name}: {key} has values <= 0: draw it with log=False")
         draw = ax.semilogy if log else ax.plot
         draw(np.asarray(history["steps"])[measured], values[measured], color=color, label=name)
     label(ax, "step", ylabel)
@@ -343,17 +352,21 @@ def history_panel(
 
 def history_panels(
     histories: Mapping[str, Mapping],
-    panels: list[tuple[str, str, str | None]],
+    panels: list[tuple],
     title: str | None = None,
 ) -> Figure:
-    """A row of :func:`history_panel` figures, one per ``(key, ylabel, reduce)`` in ``panels``,
-    the runs in the same colours in each, the legend on the first panel."""
+    """A row of :func:`history_panel` figures, one per ``(key, ylabel, reduce)`` or ``(key,
+    ylabel, reduce, log)`` in ``panels`` (``log`` defaults to True), the runs in the same
+    colours in each, the legend on the first panel."""
     if not panels:
         raise ValueError("panels is empty: give at least one (key, ylabel, reduce)")
+    for panel in panels:
+        if not isinstance(panel, tuple) or len(panel) not in (3, 4):
+            raise ValueError(f"a panel is (key, ylabel, reduce[, log]), got {panel!r}")
     fig, axes = subplots(1, len(panels), width=3.6 * len(panels), height=3.2)
     axes = np.atleast_1d(axes)
-    for ax, (key, ylabel, reduce) in zip(axes, panels, strict=True):
-        history_panel(ax, histories, key, ylabel, reduce=reduce)
+    for ax, (key, ylabel, reduce, *log) in zip(axes, panels, strict=True):
+        history_panel(ax, histories, key, ylabel, reduce=reduce, log=log[0] if log else True)
     axes[0].legend(fontsize=8)
     if title is not None:
         fig.suptitle(title)

@@ -21,6 +21,9 @@ from __future__ import annotations
 import collections
 import copy
 import math
+import numbers
+import random
+import warnings
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
@@ -71,6 +74,13 @@ class SpikeDetector:
 
     ``check`` reads two numbers on the host: in a loop that must not wait
     for the device, give it the values the monitor already brought over.
+    Under data parallelism give every rank the same numbers (the loss and
+    the norm all-reduced first, as OLMo-core does), or ranks that judge
+    their local loss differently will skip different steps.
+
+    A window with (almost) no spread is given a floor on its standard
+    deviation, ``1e-6 * |mean|`` (and at least ``1e-12``), so that a
+    rounding-level rise after constant values is not a spike.
 
     Raises:
         TypeError / ValueError: a bad ``window``, ``threshold`` or
@@ -111,8 +121,23 @@ class SpikeDetector:
         return {signal: list(values) for signal, values in self._values.items()}
 
     def load_state_dict(self, state: dict) -> None:
+        """Put back windows from :meth:`state_dict`.
+
+        Raises:
+            ValueError: a signal missing, or a value that is not a finite number.
+        """
         for signal in SIGNALS:
-            self._values[signal] = collections.deque(state[signal], maxlen=self.window)
+            if signal not in state:
+                raise ValueError(f"state has no {signal!r} window; keys: {sorted(state)}")
+            values = list(state[signal])
+            for value in values:
+                if _is_bool(value) or not isinstance(value, numbers.Real):
+                    raise ValueError(f"{signal} window holds {value!r}, not a number")
+                if not math.isfinite(value):
+                    raise ValueError(
+                        f"{signal} window holds {value!r}: windows hold finite values"
+                    )
+            self._values[signal] = collections.deque(map(float, values), maxlen=self.window)
 
     def _judge(self, step: int, signal: str, value: float) -> Spike | None:
         window = np.asarray(self._values[signal])
@@ -122,38 +147,45 @@ class SpikeDetector:
             return Spike(step, signal, value, mean, std)
         if window.size < self.min_history:
             return None
-        mean, std = float(window.mean()), float(window.std(ddof=1))
+        mean = float(window.mean())
+        std = max(float(window.std(ddof=1)), 1e-6 * abs(mean), 1e-12)
         if value - mean > self.threshold * std:
             return Spike(step, signal, value, mean, std)
         return None
 
 
+def _is_bool(value: object) -> bool:
+    return isinstance(value, (bool, np.bool_))
+
+
 def _as_float(name: str, value: object) -> float:
-    if isinstance(value, torch.Tensor):
-        if value.numel() != 1:
+    if isinstance(value, (torch.Tensor, np.ndarray)):
+        if value.size != 1 if isinstance(value, np.ndarray) else value.numel() != 1:
             raise ValueError(f"{name} must be one number, got shape {tuple(value.shape)}")
-        return float(value.item())
-    if isinstance(value, bool) or not isinstance(value, int | float):
+        value = value.item()
+    if _is_bool(value) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a number or a 1-element tensor, got {value!r}")
     return float(value)
 
 
 def _unit_norms(tensor: torch.Tensor) -> torch.Tensor:
-    """The norm of each unit: each row of a matrix (all but the first
-    dimension reduced), each entry of a vector."""
+    """The norm of each unit: each row of a matrix or kernel (all but the first dimension
+    reduced); a vector (a bias, a gain) or a scalar is one unit, as in Brock et al.'s code."""
     if tensor.dim() <= 1:
-        return tensor.abs()
+        return torch.linalg.vector_norm(tensor)
     return torch.linalg.vector_norm(tensor, dim=tuple(range(1, tensor.dim())), keepdim=True)
 
 
 @torch.no_grad()
 def adaptive_clip_grad_(
-    parameters: Iterable[nn.Parameter], clipping: float = 0.01, eps: float = 1e-3
+    parameters: Iterable[nn.Parameter] | torch.Tensor, clipping: float = 0.01, eps: float = 1e-3
 ) -> torch.Tensor:
     """Adaptive gradient clipping (Brock et al., 2021), in place: each unit's gradient ``G_i``
-    (a row of a weight matrix, an entry of a bias or gain) is scaled down to
+    (a row of a weight matrix; a whole bias or gain vector) is scaled down to
     ``clipping * max(||W_i||, eps)`` when it is longer. Returns the fraction of units clipped,
-    a 0-d tensor on the parameters' device (no host sync).
+    a 0-d tensor on the first parameter's device (no host sync). A parameter listed twice
+    (tied) is clipped once. Under FSDP1's flat parameters every tensor is 1-D, and so one unit:
+    clip before flattening, or per module.
 
     Taught in: Chapter 13. Unlike ``clip_grad_norm_``, the threshold follows the weights, so it
     needs no retuning as gradient norms change over training. Brock et al. leave the final
@@ -164,33 +196,44 @@ def adaptive_clip_grad_(
     """
     check_number("clipping", clipping, minimum=0, strict=True)
     check_number("eps", eps, minimum=0, strict=True)
-    clipped = units = 0
+    if isinstance(parameters, torch.Tensor):
+        parameters = [parameters]
+    clipped, units, seen = None, 0, set()
     for parameter in parameters:
-        if parameter.grad is None:
+        if parameter.grad is None or id(parameter) in seen:
             continue
+        seen.add(id(parameter))
         if parameter.grad.is_sparse:
             raise TypeError("adaptive_clip_grad_ needs dense gradients (use sparse=False)")
         limit = clipping * _unit_norms(parameter.detach()).clamp_min(eps)
         grad_norms = _unit_norms(parameter.grad)
         too_long = grad_norms > limit
         parameter.grad.mul_(torch.where(too_long, limit / grad_norms.clamp_min(1e-30), 1.0))
-        clipped = clipped + too_long.sum()
+        count = too_long.sum()
+        clipped = count if clipped is None else clipped + count.to(clipped.device)
         units += too_long.numel()
     if units == 0:
         raise ValueError("no parameter has a gradient: call backward() first")
     return clipped / units
 
 
-def spike_layers(history: Mapping, step: int, top: int = 3) -> list[tuple[str, float]]:
+def spike_layers(
+    history: Mapping, step: int, top: int = 3, window: int = 32
+) -> list[tuple[str, float]]:
     """The ``top`` layers whose gradient norm at ``step`` is largest relative to their median
-    over the recorded steps before it: ``[(layer name, ratio), ...]``, largest first.
+    over the last ``window`` recorded steps before it: ``[(layer name, ratio), ...]``, largest
+    first. A layer whose median was 0 and whose norm is not (a layer that just woke up) has
+    ratio ``inf`` and comes first.
 
     Taught in: Chapter 13: the evidence of which layer a spike came through.
 
     Raises:
-        ValueError: ``step`` was not recorded, or no step was recorded before it.
+        TypeError / ValueError: a bad ``step``, ``top`` or ``window``; ``step`` was not
+            recorded, or no step was recorded before it.
     """
+    check_int("step", step, minimum=0)
     check_positive_int("top", top)
+    check_positive_int("window", window)
     steps = np.asarray(history["steps"])
     rows = np.flatnonzero(steps == step)
     if rows.size == 0:
@@ -198,11 +241,12 @@ def spike_layers(history: Mapping, step: int, top: int = 3) -> list[tuple[str, f
     row = rows[0]
     if row == 0:
         raise ValueError(f"step {step} is the first recorded step: nothing to compare with")
-    norms = np.asarray(history["layer_norms"])
-    with np.errstate(invalid="ignore", divide="ignore"):
-        ratios = norms[row] / np.nanmedian(norms[max(0, row - 32) : row], axis=0)
-    order = [i for i in np.argsort(-np.nan_to_num(ratios, nan=-np.inf)) if np.isfinite(ratios[i])]
-    return [(history["layer_names"][i], float(ratios[i])) for i in order[:top]]
+    norms = np.asarray(history["layer_norms"], dtype=float)
+    with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a layer never watched before
+        ratios = norms[row] / np.nanmedian(norms[max(0, row - window) : row], axis=0)
+    ranked = [i for i in np.argsort(-np.nan_to_num(ratios, nan=-1.0)) if not np.isnan(ratios[i])]
+    return [(history["layer_names"][i], float(ratios[i])) for i in ranked[:top]]
 
 
 class RecentCheckpoints:
@@ -241,8 +285,9 @@ class RecentCheckpoints:
             "model": copy.deepcopy(model.state_dict()),
             "optimizer": copy.deepcopy(optimizer.state_dict()),
             "others": {name: copy.deepcopy(o.state_dict()) for name, o in others.items()},
-            "rng": torch.get_rng_state(),
-            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+            "rng": (torch.get_rng_state(), random.getstate(), np.random.get_state()),
+            # only where CUDA is in use: asking otherwise would start it on every GPU
+            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None,
         }
         self._states.move_to_end(step)
         while len(self._states) > self.keep:
@@ -260,11 +305,16 @@ class RecentCheckpoints:
             raise ValueError(
                 f"saved with {sorted(state['others'])}, restored with {sorted(others)}"
             )
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
+        model.load_state_dict(state["model"])  # copies into the parameters
+        # load_state_dict would share the saved tensors with the live optimizer, whose steps
+        # would then change the checkpoint: a second rewind to it would be wrong
+        optimizer.load_state_dict(copy.deepcopy(state["optimizer"]))
         for name, other in others.items():
             other.load_state_dict(copy.deepcopy(state["others"][name]))
-        torch.set_rng_state(state["rng"])
+        torch_rng, python_rng, numpy_rng = state["rng"]
+        torch.set_rng_state(torch_rng)
+        random.setstate(python_rng)
+        np.random.set_state(numpy_rng)
         if state["cuda_rng"] is not None:
             torch.cuda.set_rng_state_all(state["cuda_rng"])
         for later in [kept for kept in self._states if kept > step]:

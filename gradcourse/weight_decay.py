@@ -30,10 +30,17 @@ OPTIMIZERS = ("sgd", "adamw")
 
 def cosine_lr(step: int, steps: int, peak: float, warmup: int) -> float:
     """The learning rate at ``step`` of ``steps``: linear warm-up over ``warmup`` steps to
-    ``peak``, then a cosine decay to 0 at ``steps``."""
+    ``peak``, then a cosine decay to 0 at ``steps`` (and 0 after).
+
+    Raises:
+        TypeError / ValueError: a bad size, ``warmup >= steps``, or ``peak`` not > 0.
+    """
     check_int("step", step, minimum=0)
     check_positive_int("steps", steps)
     check_int("warmup", warmup, minimum=0)
+    check_number("peak", peak, minimum=0, strict=True)
+    if warmup >= steps:
+        raise ValueError(f"warmup ({warmup}) must be shorter than steps ({steps})")
     if step < warmup:
         return peak * (step + 1) / warmup
     progress = (step - warmup) / max(1, steps - warmup)
@@ -63,6 +70,8 @@ class DecayRun:
 def teacher_data(seed: int, size: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:
     """``(inputs (size, 32), labels (size,))``: ten classes from a random linear teacher with
     noise, so the gradient never vanishes."""
+    check_int("seed", seed, minimum=0)
+    check_positive_int("size", size)
     generator = torch.Generator().manual_seed(seed)
     inputs = torch.randn(size, 32, generator=generator)
     teacher = torch.randn(32, 10, generator=generator)
@@ -94,6 +103,8 @@ def normalized_mlp_run(
     check_number("weight_decay", weight_decay, minimum=0)
     check_positive_int("steps", steps)
     check_positive_int("batch_size", batch_size)
+    if not isinstance(corrected, bool):
+        raise TypeError(f"corrected must be True or False, got {corrected!r}")
     inputs, labels = teacher_data(seed)
     torch.manual_seed(seed)
     model = MLP(3, 128, 32, 10, normalization="layer")
@@ -129,12 +140,19 @@ def _norm(parameters, *, grad: bool) -> float:
 
 
 def smoothed(values: np.ndarray, window: int = 50) -> np.ndarray:
-    """The trailing mean of ``values`` over ``window`` steps (shorter at the start)."""
+    """The trailing mean of the 1-D ``values`` over ``window`` steps (shorter at the start). A
+    NaN or an infinity spoils only the windows that hold it.
+
+    Raises:
+        TypeError / ValueError: a bad ``window``, or ``values`` that are not 1-D.
+    """
     check_positive_int("window", window)
-    sums = np.cumsum(np.insert(np.asarray(values, dtype=float), 0, 0.0))
-    ends = np.arange(1, len(values) + 1)
-    starts = np.maximum(0, ends - window)
-    return (sums[ends] - sums[starts]) / (ends - starts)
+    values = np.asarray(values, dtype=float)
+    if values.ndim != 1:
+        raise ValueError(f"values must be 1-D, got shape {values.shape}")
+    with np.errstate(invalid="ignore"):
+        return np.array([values[max(0, end - window) : end].mean()
+                         for end in range(1, len(values) + 1)])  # fmt: skip
 
 
 __all__ = ["DecayRun", "cosine_lr", "normalized_mlp_run", "smoothed", "teacher_data"]

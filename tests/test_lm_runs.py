@@ -106,3 +106,68 @@ def test_skip_applies_no_update_at_a_flagged_step():
 def test_fault_run_refuses_unknown_names(option, value):
     with pytest.raises(ValueError, match=option):
         fault_run(LMRunConfig(lr=1e-3, **SMALL), small_stream(2), **{option: value})
+
+
+def test_fault_run_uses_the_z_loss_of_its_config():
+    config = LMRunConfig(lr=1e-3, **SMALL)
+    plain = fault_run(config, small_stream(5))
+    with_z = fault_run(config.but(z_loss=1.0), small_stream(5))
+    assert with_z.losses[0] > plain.losses[0] + 1  # log Z is about log V at the start
+
+
+@pytest.mark.parametrize(
+    ("options", "match"),
+    [({"clip_norm": -1.0}, "clip_norm"), ({"agc_clipping": 0}, "agc_clipping"),
+     ({"fault": "gradient", "fault_step": 30}, "fault_step")],
+)  # fmt: skip
+def test_fault_run_refuses_bad_options(options, match):
+    with pytest.raises(ValueError, match=match):
+        fault_run(LMRunConfig(lr=1e-3, **SMALL), small_stream(5), **options)
+
+
+def test_fault_run_refuses_no_batches_and_the_wrong_length():
+    config = LMRunConfig(lr=1e-3, **SMALL)
+    with pytest.raises(ValueError, match="non-empty"):
+        fault_run(config, [])
+    with pytest.raises(ValueError, match=r"\(B, 16\)"):
+        fault_run(config.but(length=16), small_stream(3))
+
+
+def test_skip_skips_a_non_finite_step_and_closes_the_monitor(monkeypatch):
+    import gradcourse.lm_runs as lm_runs
+
+    real = lm_runs.next_token_loss
+    calls = []
+
+    def poisoned(logits, targets, z_loss=0.0):
+        calls.append(1)
+        loss = real(logits, targets, z_loss)
+        return loss * float("inf") if len(calls) == 20 else loss
+
+    monkeypatch.setattr(lm_runs, "next_token_loss", poisoned)
+    run = fault_run(LMRunConfig(lr=1e-3, **SMALL), small_stream(), protection="skip")
+    assert run.update_norms[19] == 0.0 and np.isfinite(run.update_norms[20:]).all()
+    assert any(s.step == 19 for s in run.detector.spikes)
+
+
+def test_build_lm_leaves_the_callers_random_stream_alone():
+    from gradcourse.lm_runs import build_lm
+
+    torch.manual_seed(123)
+    expected = torch.rand(1)
+    torch.manual_seed(123)
+    build_lm(LMRunConfig(lr=1e-3, **SMALL))
+    assert torch.equal(torch.rand(1), expected)
+
+
+@pytest.mark.parametrize(
+    ("change", "match"), [({"qk_norm": "no"}, "qk_norm"), ({"n_heads": 3}, "divisible")]
+)
+def test_config_refuses_a_non_bool_switch_and_heads_that_do_not_divide(change, match):
+    with pytest.raises((TypeError, ValueError), match=match):
+        LMRunConfig(lr=1e-3, **change)
+
+
+def test_corrupt_batch_refuses_more_rows_than_the_batch():
+    with pytest.raises(ValueError, match="rows"):
+        corrupt_batch(small_stream(1)[0], 100, rows=5)

@@ -416,7 +416,38 @@ def test_next_token_loss_without_z_loss_is_the_mean_cross_entropy():
     logits = torch.randn(2, 5, 7, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     targets = torch.randint(0, 7, (2, 5), generator=torch.Generator().manual_seed(1))
     expected = torch.nn.functional.cross_entropy(logits.reshape(-1, 7), targets.reshape(-1))
-    assert torch.equal(next_token_loss(logits, targets), expected)
+    torch.testing.assert_close(next_token_loss(logits, targets), expected, rtol=1e-13, atol=1e-13)
+
+
+def test_next_token_loss_ignores_padding_like_cross_entropy():
+    from gradcourse.models import next_token_loss, per_sequence_loss
+
+    logits = torch.randn(2, 5, 7, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    targets = torch.randint(0, 7, (2, 5), generator=torch.Generator().manual_seed(1))
+    targets[0, :3] = -100
+    expected = torch.nn.functional.cross_entropy(logits.reshape(-1, 7), targets.reshape(-1))
+    torch.testing.assert_close(next_token_loss(logits, targets), expected, rtol=1e-13, atol=1e-13)
+    row = torch.nn.functional.cross_entropy(logits[0], targets[0])
+    torch.testing.assert_close(per_sequence_loss(logits, targets)[0], row, rtol=1e-13, atol=1e-13)
+
+
+def test_next_token_loss_of_bfloat16_logits_is_computed_in_float32():
+    from gradcourse.models import next_token_loss
+
+    logits = torch.randn(4, 8, 50, generator=torch.Generator().manual_seed(0))
+    targets = torch.randint(0, 50, (4, 8), generator=torch.Generator().manual_seed(1))
+    rounded = logits.to(torch.bfloat16)
+    loss = next_token_loss(rounded, targets)
+    assert loss.dtype == torch.float32
+    exact = next_token_loss(rounded.double(), targets)  # the same bf16 inputs, in float64
+    torch.testing.assert_close(loss.double(), exact, rtol=1e-6, atol=1e-6)
+
+
+def test_next_token_loss_refuses_an_empty_batch():
+    from gradcourse.models import next_token_loss
+
+    with pytest.raises(ValueError, match="no position"):
+        next_token_loss(torch.zeros(0, 5, 7), torch.zeros(0, 5, dtype=torch.long))
 
 
 def test_z_loss_adds_its_coefficient_times_the_mean_squared_log_partition():

@@ -485,3 +485,11 @@ def test_log_to_refuses_something_that_cannot_log(tiny_gpt, train_steps):
         monitor.log_to(object())
     with pytest.raises(TypeError, match="prefix"):
         monitor.log_to(print, prefix=3)
+
+
+def test_log_to_refuses_a_logging_logger(tiny_gpt, train_steps):
+    import logging
+
+    monitor, _ = trained_monitor(tiny_gpt, train_steps)
+    with pytest.raises(TypeError, match="logging.Logger"):
+        monitor.log_to(logging.getLogger("x"))

@@ -253,3 +253,20 @@ def test_history_panels_draw_one_panel_per_key_with_one_legend():
 def test_history_panels_refuse_no_panels():
     with pytest.raises(ValueError, match="panels"):
         history_panels({"a": forward_history()}, [])
+
+
+def test_history_panel_refuses_non_positive_values_on_a_log_axis():
+    fig, ax = plt.subplots()
+    history = {"steps": np.arange(3), "log_z_mean": np.array([-1.0, 0.5, 1.0])}
+    with pytest.raises(ValueError, match="log=False"):
+        history_panel(ax, {"run": history}, "log_z_mean", "log Z")
+    history_panel(ax, {"run": history}, "log_z_mean", "log Z", log=False)
+    assert len(ax.get_lines()) == 1
+    plt.close(fig)
+
+
+def test_history_panel_refuses_reduce_for_one_value_per_step():
+    fig, ax = plt.subplots()
+    with pytest.raises(ValueError, match="reduce must be None"):
+        history_panel(ax, {"run": forward_history()}, "loss", "loss", reduce="max")
+    plt.close(fig)

@@ -252,3 +252,81 @@ def test_save_refuses_an_object_without_state(tiny_gpt):
     model = tiny_gpt()
     with pytest.raises(TypeError, match="note"):
         RecentCheckpoints(2).save(0, model, torch.optim.SGD(model.parameters(), 0.1), note=3)
+
+
+def test_a_second_rewind_to_the_same_checkpoint_is_exact(tiny_gpt, backward):
+    model = tiny_gpt()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    checkpoints = RecentCheckpoints(keep=4)
+
+    def three_steps():  # steps 5, 6, 7; the checkpoint of 5 is not saved again
+        for step in range(5, 8):
+            if step > 5:
+                checkpoints.save(step, model, optimizer)
+            optimizer.zero_grad()
+            backward(model, seed=step)
+            optimizer.step()
+
+    for step in range(5):  # an optimizer with a state to restore
+        optimizer.zero_grad()
+        backward(model, seed=10 + step)
+        optimizer.step()
+    checkpoints.save(5, model, optimizer)
+    saved = {k: v.clone() for k, v in model.state_dict().items()}
+    three_steps()
+    checkpoints.rewind(8, 3, model, optimizer)
+    three_steps()
+    checkpoints.rewind(8, 3, model, optimizer)  # the same checkpoint, again
+    assert optimizer.state_dict()["state"][0]["step"].item() == 5
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in saved.items())
+
+
+def test_detector_floors_the_spread_of_a_constant_window():
+    detector = SpikeDetector(window=8, min_history=4)
+    for step in range(8):
+        detector.check(step, 2.0, 1.0)
+    assert detector.check(8, 2.0 + 1e-12, 1.0 + 1e-12) == []  # rounding, not a spike
+    assert detector.check(9, 3.0, 1.0)  # a real jump still is
+
+
+def test_detector_takes_numpy_numbers():
+    import numpy as np
+
+    detector = steady_detector()
+    assert detector.check(np.int64(40), np.float32(5.0), np.array(1.0)) == []
+
+
+@pytest.mark.parametrize("state", [{}, {"loss": [1.0], "grad_norm": ["a"]},
+                                   {"loss": [float("nan")], "grad_norm": [1.0]}])  # fmt: skip
+def test_detector_refuses_a_bad_state(state):
+    with pytest.raises(ValueError):
+        SpikeDetector().load_state_dict(state)
+
+
+def test_agc_clips_a_tied_parameter_once_and_takes_a_single_tensor():
+    layer = linear_with_gradient(torch.tensor([[3.0, 4.0]]), torch.tensor([[0.6, 0.8]]))
+    assert adaptive_clip_grad_([layer.weight, layer.weight], clipping=0.01).item() == 1.0
+    torch.testing.assert_close(layer.weight.grad.norm(), torch.tensor(0.05))  # once: 5 * 0.01
+    adaptive_clip_grad_(layer.weight, clipping=0.001)
+    torch.testing.assert_close(layer.weight.grad.norm(), torch.tensor(0.005))
+
+
+def test_agc_treats_a_vector_as_one_unit():
+    bias = nn.Parameter(torch.tensor([3.0, 4.0]))  # norm 5
+    bias.grad = torch.tensor([0.3, 0.4])  # norm 0.5 > 0.01 * 5
+    assert adaptive_clip_grad_([bias], clipping=0.01).item() == 1.0
+    torch.testing.assert_close(bias.grad, torch.tensor([0.03, 0.04]))
+
+
+def test_spike_layers_puts_a_layer_that_woke_up_first(tiny_gpt, backward):
+    model = tiny_gpt()
+    monitor = GradientMonitor(model, histograms=False)
+    for step in range(4):
+        model.zero_grad()
+        backward(model, seed=step)
+        if step < 3:
+            for parameter in model.final_norm.parameters():
+                parameter.grad.zero_()
+        monitor.record()
+    (name, ratio), *_ = spike_layers(monitor.history, 3)
+    assert name == "final_norm" and ratio == math.inf

@@ -42,3 +42,26 @@ def test_smoothed_is_a_trailing_mean():
 def test_normalized_mlp_run_refuses_bad_arguments(args, match):
     with pytest.raises((TypeError, ValueError), match=match):
         normalized_mlp_run(*args, corrected=False, steps=5)
+
+
+def test_smoothed_keeps_a_nan_inside_its_windows():
+    out = smoothed(np.array([1.0, 2.0, np.nan, 4.0, 5.0, 6.0]), 2)
+    assert np.isnan(out[2:4]).all() and out[4] == 4.5 and out[5] == 5.5
+
+
+def test_smoothed_refuses_two_dimensions():
+    with pytest.raises(ValueError, match="1-D"):
+        smoothed(np.ones((3, 2)))
+
+
+@pytest.mark.parametrize(
+    ("args", "match"), [((0, 4, 1.0, 10), "warmup"), ((0, 10, -1.0, 2), "peak")]
+)
+def test_cosine_lr_refuses_a_long_warmup_and_a_negative_peak(args, match):
+    with pytest.raises(ValueError, match=match):
+        cosine_lr(*args)
+
+
+def test_normalized_mlp_run_refuses_a_non_bool_correction():
+    with pytest.raises(TypeError, match="corrected"):
+        normalized_mlp_run("sgd", 0.1, 0.1, corrected="no", steps=5)

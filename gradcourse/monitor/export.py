@@ -10,7 +10,9 @@ Taught in: Chapter 9. :func:`log_history` writes what
   ``grad_norm/<layer>``) plus ``update_ratio/<layer>`` and, with ``forward_stats=True``, the
   forward statistics. A logger is a ``log(metrics, step)`` callable, or an object with
   ``log_metrics(metrics, step=...)`` (Lightning's loggers, ``mlflow``) or ``log(metrics,
-  step=...)`` (a W&B run).
+  step=...)`` (a W&B run). W&B drops, with a warning, steps below the run's current one: call
+  ``log_to`` on a run that has not logged later steps (or log per step with the Trainer or
+  Lightning callback).
 
 Layers that were not watched at a step, and values that were not measured, are left out rather
 than written as NaN.
@@ -18,6 +20,7 @@ than written as NaN.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterator, Mapping
 
 import numpy as np
@@ -37,6 +40,8 @@ def log_history(history: Mapping, writer, *, prefix: str | None = None) -> None:
     if hasattr(writer, "add_scalar") and hasattr(writer, "add_histogram_raw"):
         _to_tensorboard(history, writer, "gradients" if prefix is None else prefix)
         return
+    if isinstance(writer, logging.Logger):
+        raise TypeError("a logging.Logger is not a metrics logger: give a log(metrics, step)")
     log = _metrics_logger(writer)
     for step, metrics in step_metrics(history):
         if prefix:
@@ -96,17 +101,21 @@ def step_metrics(history: Mapping) -> Iterator[tuple[int, dict[str, float]]]:
 
 
 def _to_tensorboard(history: Mapping, writer, prefix: str) -> None:
+    tag = (prefix + "/") if prefix else ""
     names = history["layer_names"]
+    extras = ("loss", "output_logit_max", "log_z_mean", *(m for m, _ in FORWARD_KEYS.values()))
+    for step, metrics in step_metrics(history):  # the loss and the forward statistics
+        for key, value in metrics.items():
+            if key.split("/")[0] in extras:
+                writer.add_scalar(f"{tag}{key}", value, step)
     for index, step in enumerate(history["steps"].tolist()):
-        writer.add_scalar(f"{prefix}/global_norm", history["global_norm"][index], step)
+        writer.add_scalar(f"{tag}global_norm", history["global_norm"][index], step)
         for layer, name in enumerate(names):
             if history["layer_watched"][index, layer]:
-                writer.add_scalar(
-                    f"{prefix}/norm/{name}", history["layer_norms"][index, layer], step
-                )
+                writer.add_scalar(f"{tag}norm/{name}", history["layer_norms"][index, layer], step)
             ratio = history["update_ratios"][index, layer]
             if not np.isnan(ratio):
-                writer.add_scalar(f"{prefix}/update_ratio/{name}", ratio, step)
+                writer.add_scalar(f"{tag}update_ratio/{name}", ratio, step)
     edges = history.get("bin_edges")
     for index, step in enumerate(history.get("histogram_steps", np.array([])).tolist()):
         for layer, name in enumerate(names):
@@ -115,7 +124,7 @@ def _to_tensorboard(history: Mapping, writer, prefix: str) -> None:
                 continue  # not watched at this step
             centres = (edges[:-1] + edges[1:]) / 2
             writer.add_histogram_raw(
-                f"{prefix}/histogram/{name}",
+                f"{tag}histogram/{name}",
                 min=float(edges[0]),
                 max=float(edges[-1]),
                 num=float(counts.sum()),
