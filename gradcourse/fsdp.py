@@ -255,7 +255,7 @@ def fsdp_facts(rank: int, world_size: int) -> dict[str, Any]:
         if local(p.grad).numel()
     )
     reference = tiny_model()
-    next_token_loss(reference, ids).backward()
+    window_loss(reference, ids).backward()
     result["reference_norm"] = (
         sum(p.grad.pow(2).sum() for p in reference.parameters()).sqrt().item()
     )

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from gradcourse.distributed import launch
-from gradcourse.fsdp import monitor_checks, nonfinite_checks
+from gradcourse.fsdp import fsdp_facts, monitor_checks, nonfinite_checks
 from gradcourse.sharding import local, sharding_group
 
 pytestmark = pytest.mark.distributed
@@ -67,3 +67,12 @@ def test_plain_tensors_are_not_sharded():
     tensor = torch.ones(3)
     assert local(tensor) is tensor
     assert sharding_group([tensor, torch.zeros(2)]) is None
+
+
+def test_fsdp_facts_match_one_process_on_the_whole_batch():
+    ranks = launch(fsdp_facts, 2)
+    for facts in ranks:
+        assert facts["gradient_difference"] < 1e-6
+        assert abs(facts["global_norm"] / facts["reference_norm"] - 1) < 1e-5
+    squares = sum(facts["shard_norm"] ** 2 for facts in ranks)
+    assert abs(squares / ranks[0]["global_norm"] ** 2 - 1) < 1e-5
