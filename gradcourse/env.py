@@ -127,6 +127,7 @@ CHAPTER_REQUIREMENTS: dict[str, str] = {
     "datasets": "datasets",  # chapter 9
     "tokenizers": "tokenizers",  # chapter 9
     "tensorboard": "tensorboard",  # chapter 9
+    "lightning": "lightning",  # chapter 9 (gradcourse.lightning)
 }
 
 

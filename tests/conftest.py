@@ -62,3 +62,17 @@ def train_steps() -> Callable[..., None]:
             optimizer.step()
 
     return run
+
+
+def hooks_on(model: nn.Module) -> int:
+    """Every hook stored on the model's modules and parameters."""
+    module_hooks = sum(
+        len(getattr(m, name))
+        for m in model.modules()
+        for name in ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks")
+    )
+    tensor_hooks = sum(
+        len(p._backward_hooks or {}) + len(getattr(p, "_post_accumulate_grad_hooks", None) or {})
+        for p in model.parameters()
+    )
+    return module_hooks + tensor_hooks

@@ -7,23 +7,9 @@ import weakref
 
 import pytest
 import torch
-import torch.nn as nn
+from conftest import hooks_on
 
 from gradcourse.monitor import GradientMonitor
-
-
-def hooks_on(model: nn.Module) -> int:
-    """Every hook stored on the model's modules and parameters."""
-    module_hooks = sum(
-        len(getattr(m, name))
-        for m in model.modules()
-        for name in ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks")
-    )
-    tensor_hooks = sum(
-        len(p._backward_hooks or {}) + len(getattr(p, "_post_accumulate_grad_hooks", None) or {})
-        for p in model.parameters()
-    )
-    return module_hooks + tensor_hooks
 
 
 def test_the_monitor_stores_no_hook_on_the_model(tiny_gpt):

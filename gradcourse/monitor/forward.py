@@ -149,10 +149,12 @@ class ForwardStatistics:
         self._rms: dict[str, list[torch.Tensor]] = {}
         self._output: list[tuple[torch.Tensor, torch.Tensor]] = []
         self._calls = 0
+        self._began = False  # a watched forward pass started since the last take()
 
     # --- the hooks ------------------------------------------------------------------------------
     def _begin(self) -> None:
         if torch.is_grad_enabled() and self._collecting() and self._mode is None:
+            self._began = True
             self._mode = _AttentionWatch(self)
             self._mode.__enter__()
             self._calls = 0
@@ -205,6 +207,12 @@ class ForwardStatistics:
         ``residual_rms`` ``(K,)`` in the order of :attr:`blocks`, ``output_logit_max`` and
         ``log_z_mean`` (scalars)."""
         if not (self._attention_max or self._rms or self._output):
+            if not self._began:
+                self._note(
+                    "the watched model's own forward did not run on a detailed step: the "
+                    "statistics start and end with it (watch the module whose forward returns "
+                    "the logits, e.g. a LightningModule's inner model)"
+                )
             self._start()
             return None
         result = {}

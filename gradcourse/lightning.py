@@ -1,0 +1,254 @@
+"""The GradientMonitor inside a PyTorch Lightning ``Trainer``.
+
+Taught in: Chapter 9. ``lightning`` is optional for ``gradcourse``: only this module imports it.
+
+Lightning runs one optimizer step as: every backward pass of ``accumulate_grad_batches`` (DDP
+averages the gradients in the last), then, under ``precision="16-mixed"``, the ``GradScaler``'s
+``unscale_``, then every callback's ``on_before_optimizer_step``, then ``gradient_clip_val``'s
+clipping, then the optimizer step (which the scaler skips when a gradient overflowed). So
+:class:`GradientMonitorCallback` records in ``on_before_optimizer_step``: the accumulated,
+averaged gradient, before clipping. Lightning does not unscale for an optimizer that unscales
+inside its own step (``fused=True``); the callback does it then, as ``GradScaler`` documents for
+reading gradients, so the recorded norms are always the true ones. The step ends in
+``on_train_batch_end``: with a scaler, a step whose loss scale fell was skipped.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any
+
+try:
+    import lightning.pytorch as pl
+except ImportError as error:  # pragma: no cover - exercised by a test
+    raise ImportError(
+        "gradcourse.lightning needs the lightning package: pip install lightning"
+    ) from error
+import torch
+from torch.amp.grad_scaler import OptState
+
+from gradcourse.diagnosis import diagnose
+from gradcourse.monitor import GradientMonitor, NonFiniteGradientError, describe
+from gradcourse.monitor.options import MonitorOptions
+
+logger = logging.getLogger(__name__)
+
+SET_BY_THE_CALLBACK = ("model", "optimizer", "on_nonfinite", "start_step")
+MONITOR_OPTIONS = tuple(
+    name for name in MonitorOptions.__dataclass_fields__ if name not in SET_BY_THE_CALLBACK
+)
+ON_NONFINITE = ("raise", "report")
+
+
+class GradientMonitorCallback(pl.Callback):
+    """Monitor the gradients of a Lightning ``Trainer.fit`` run.
+
+    ``GradientMonitorCallback(**monitor_options)`` builds a
+    :class:`~gradcourse.monitor.GradientMonitor` for the ``LightningModule`` when training
+    starts (``monitor_options``: ``every``, ``group_by``, ``histograms``, ``detail_every``,
+    ``bins``, ``histogram_range``, ``log_magnitude``, ``update_ratios``, ``find_module``,
+    ``forward_stats``); it is :attr:`monitor` then, and stays readable after ``fit``. It watches
+    the whole module, or ``pl_module.get_submodule(submodule)``: the forward statistics
+    (``forward_stats=True``) need the module whose own forward returns the logits, which a
+    ``training_step`` that calls ``self.model(...)`` never runs on the LightningModule. Its steps
+    are the trainer's optimizer steps (``trainer.global_step``, also after resuming from a
+    checkpoint).
+
+    - One recorded step per optimizer step, from the gradients before ``gradient_clip_val``
+      clips them, under any ``accumulate_grad_batches``, unscaled under ``"16-mixed"`` (fused
+      optimizers included). The step's loss (the mean over its micro-batches) goes in the
+      history too, for :func:`~gradcourse.diagnosis.diagnose`'s loss spikes.
+    - Each recorded step logs ``grad_norm`` and ``grad_norm/<layer>`` through
+      ``LightningModule.log_dict``, so every logger of the trainer receives them (at
+      ``log_every_n_steps``, like the module's own metrics). The rest of the history (update
+      ratios, histograms, forward statistics) is one call away: ``monitor.log_to(logger)``.
+    - A non-finite gradient (without a scaler, for which overflow is routine and the skipped
+      step is listed in ``monitor.skipped_steps``) is named with its parameter: with
+      ``on_nonfinite="raise"`` (default) ``fit`` stops with
+      :class:`~gradcourse.monitor.NonFiniteGradientError` *before* the optimizer step, so the
+      weights stay finite; with ``"report"`` it is logged as a warning, kept in
+      :attr:`stop_reason` and training goes on.
+    - With ``diagnose_at_end=True``, :func:`~gradcourse.diagnosis.diagnose` runs when training
+      ends; :attr:`findings` holds its result, and each finding is logged as a warning.
+    - No hook stays on the model after ``fit``, whether it returns or raises.
+
+    One optimizer only: a module with several (a GAN) is refused when training starts.
+
+    Raises:
+        ValueError: ``monitor_options`` names an option the callback sets itself, or
+            ``on_nonfinite`` is not ``"raise"`` or ``"report"``; ``submodule`` names no
+            submodule (when training starts).
+        TypeError / ValueError: an unknown or bad monitor option, at construction.
+    """
+
+    def __init__(
+        self,
+        *,
+        submodule: str | None = None,
+        on_nonfinite: str = "raise",
+        diagnose_at_end: bool = False,
+        **monitor_options: Any,
+    ) -> None:
+        taken = set(SET_BY_THE_CALLBACK) & set(monitor_options)
+        if taken:
+            raise ValueError(
+                f"GradientMonitorCallback sets {sorted(taken)} itself; give only the monitor's "
+                "other options"
+            )
+        unknown = sorted(set(monitor_options) - set(MONITOR_OPTIONS))
+        if unknown:
+            raise TypeError(
+                f"unknown monitor option(s) {unknown}; the options are {list(MONITOR_OPTIONS)}"
+            )
+        if submodule is not None and not isinstance(submodule, str):
+            raise TypeError(
+                f"submodule must be a submodule's name or None, got {type(submodule).__name__}"
+            )
+        if on_nonfinite not in ON_NONFINITE:
+            raise ValueError(f"on_nonfinite must be one of {ON_NONFINITE}, got {on_nonfinite!r}")
+        MonitorOptions.checked(**monitor_options)  # now, not when training starts
+        self.submodule = submodule
+        self.on_nonfinite = on_nonfinite
+        self.diagnose_at_end = bool(diagnose_at_end)
+        self.monitor_options = monitor_options
+        self.monitor: GradientMonitor | None = None
+        self.stop_reason: str | None = None
+        self.findings: list = []
+        self._scaler: torch.amp.GradScaler | None = None
+        self._loss: torch.Tensor | None = None  # this step's loss, summed over micro-batches
+        self._scale_before: float | None = None
+        self._pending = False  # a step was recorded and not yet ended
+
+    def close(self) -> None:
+        """Close the monitor (its history stays readable). ``fit`` does it at its end."""
+        if self.monitor is not None:
+            self.monitor.close()
+        self._pending, self._loss = False, None
+
+    # --- the trainer's events -------------------------------------------------------------------
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if len(trainer.optimizers) != 1:
+            raise ValueError(
+                "GradientMonitorCallback watches one optimizer's steps; this module configures "
+                f"{len(trainer.optimizers)}"
+            )
+        self.close()
+        scaler = getattr(trainer.precision_plugin, "scaler", None)
+        self._scaler = scaler if scaler is not None and scaler.is_enabled() else None
+        self.monitor = GradientMonitor(
+            self._watched_module(pl_module),
+            on_nonfinite="report",
+            start_step=trainer.global_step,
+            **self.monitor_options,
+        )
+        self.stop_reason, self.findings = None, []
+
+    def on_before_backward(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, loss: torch.Tensor
+    ) -> None:
+        # Lightning has divided the loss by accumulate_grad_batches (and the scaler has
+        # multiplied it by the loss scale): the sum over micro-batches is the step's mean loss
+        loss = loss.detach().float()
+        if self._scaler is not None:
+            loss = loss / self._scaler.get_scale()
+        self._loss = loss if self._loss is None else self._loss + loss
+
+    def on_before_optimizer_step(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        optimizer: torch.optim.Optimizer,
+    ) -> None:
+        monitor = self._open_monitor()
+        if self._pending:  # the last step never reached on_train_batch_end
+            monitor.record_update()
+        if self._scaler is not None:
+            self._unscale(optimizer)
+            self._scale_before = self._scaler.get_scale()
+        step, loss = monitor.step, self._loss
+        self._loss = None
+        finite = monitor.record(overflow_expected=self._scaler is not None, loss=loss)
+        self._pending = True
+        if not finite and self._scaler is None:
+            self._nonfinite(monitor)
+        if monitor.latest_step == step:
+            layers = monitor.latest_layer_norms
+            metrics = {f"grad_norm/{name}": norm for name, norm in layers.items()}
+            metrics["grad_norm"] = math.sqrt(sum(norm * norm for norm in layers.values()))
+            pl_module.log_dict(metrics, on_step=True, on_epoch=False)
+
+    def on_train_batch_end(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+    ) -> None:
+        if not self._pending:  # a micro-batch before the end of an accumulation
+            return
+        self._pending = False
+        if self._scaler is not None and self._scaler.get_scale() < self._scale_before:
+            self.monitor.skip_step()  # the scaler found an overflow and skipped the step
+        else:
+            self.monitor.record_update()
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.monitor is None or self.monitor.closed:
+            return
+        self.close()
+        if self.diagnose_at_end:
+            self.findings = diagnose(self.monitor)
+            for finding in self.findings:
+                logger.warning(
+                    "diagnose: %s at step %s%s: %s",
+                    finding.kind,
+                    finding.step,
+                    f" [{finding.layer}]" if finding.layer else "",
+                    finding.message,
+                )
+
+    def on_exception(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
+    ) -> None:
+        self.close()
+
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self.close()
+
+    # --- helpers --------------------------------------------------------------------------------
+    def _open_monitor(self) -> GradientMonitor:
+        if self.monitor is None or self.monitor.closed:
+            raise RuntimeError(
+                "GradientMonitorCallback saw an optimizer step outside Trainer.fit's training"
+            )
+        return self.monitor
+
+    def _watched_module(self, pl_module: pl.LightningModule) -> torch.nn.Module:
+        if self.submodule is None:
+            return pl_module
+        try:
+            return pl_module.get_submodule(self.submodule)
+        except AttributeError:
+            raise ValueError(
+                f"submodule {self.submodule!r} is not a submodule of {type(pl_module).__name__}"
+            ) from None
+
+    def _unscale(self, optimizer: torch.optim.Optimizer) -> None:
+        """Unscale where Lightning did not: an optimizer that unscales in its own step (fused).
+        ``GradScaler.step`` then passes it no scale, so the step is unchanged."""
+        state = self._scaler._per_optimizer_states[id(optimizer)]["stage"]
+        if state is OptState.READY:
+            self._scaler.unscale_(optimizer)
+
+    def _nonfinite(self, monitor: GradientMonitor) -> None:
+        event = monitor.nonfinite_events[-1]
+        reason = describe(event).replace("at step", "at optimizer step", 1)
+        if self.stop_reason is None:  # the first one
+            self.stop_reason = reason
+        if self.on_nonfinite == "raise":
+            monitor.skip_step()  # this step will not be taken
+            self._pending = False
+            raise NonFiniteGradientError(**event)
+        logger.warning(reason)
