@@ -310,7 +310,7 @@ def data_parallel_checks(rank: int, world_size: int, seed: int = 0) -> dict[str,
     """The data-parallel facts of Chapter 10, measured on every rank (each
     rank returns its own numbers).
 
-    - ``ddp_vs_large_batch``: max |difference| between DDP's averaged
+    - ``ddp_vs_large_batch``: the largest absolute difference between DDP's averaged
       gradient (each rank a slice of the batch, mean loss) and one
       process's gradient on the whole batch.
     - ``sum_loss_ratio``: with a summed loss, DDP's gradient over the

@@ -51,8 +51,8 @@ def mlp_gradient_norms(
     Taught in: Chapter 6.
 
     Returns:
-        ``{"weights": (depth,), "activations": (depth,),
-        "per_example_weights": (depth,)}``. ``weights``: ``||dL/dW_l||`` of
+        A dictionary of three ``(depth,)`` tensors, under the keys
+        ``weights``, ``activations`` and ``per_example_weights``. ``weights``: ``||dL/dW_l||`` of
         each linear layer's weight. ``activations``: ``||dL/ds_l||`` of its
         output ``s_l`` (the back-propagated gradient, summed over the batch
         as autograd gives it). ``per_example_weights``: the batch gradient

@@ -2,42 +2,42 @@
 
 Taught in: Chapter 9; read by :func:`~gradcourse.diagnosis.diagnose`, :mod:`gradcourse.plots`
 and the callbacks. ``monitor.history`` is a dictionary with these keys (``S`` recorded steps,
-``L`` layers, ``H`` steps with histograms):
+``L``                      layers, ``H``  steps with histograms):
 
-========================  ============  ==========================================================
-key                       shape         what
-========================  ============  ==========================================================
-``steps``                 ``(S,)``      the recorded steps (every ``every``-th, skipped included)
-``layer_names``           ``L`` names   every layer watched at some step, in order of appearance
-``global_norm``           ``(S,)``      norm of the whole gradient (the layers watched then)
-``layer_norms``           ``(S, L)``    each layer's gradient norm; NaN where it was not watched
-``layer_watched``         ``(S, L)``    whether the layer was watched (trainable) at that step
-``update_ratios``         ``(S, L)``    ``||w_after - w_before|| / ||w_before||`` on detailed
-                                        steps that were stepped; NaN elsewhere and where the
-                                        weights were exactly zero before the step
-``update_norms``          ``(S, L)``    ``||w_after - w_before||`` on the same steps
-``parameter_norms``       ``(S, L)``    each layer's weights' norm, on detailed steps (NaN else)
-``loss``                  ``(S,)``      the loss given to ``record(loss=...)`` (NaN where none)
-``stale_gradient``        ``(S,)``      ``.grad`` held a gradient at the step's first backward
-``histogram_steps``       ``(H,)``      the steps with histograms (if histograms are on)
-``histograms``            ``(H, L, b)`` counts of gradient entries in ``b`` fixed bins
-``bin_edges``             ``(b + 1,)``  the bins' edges (``log10 |g|`` if ``log_magnitude``)
-``log_magnitude``         bool          what the bins hold
-``skipped_steps``         list          steps ended without an optimizer update
-``nonfinite_events``      list          ``{"step", "parameter", "module"}`` per non-finite step
-``steps_seen``            int           steps the monitor has seen, recorded or not
-``frozen_parameters``     list          parameters with ``requires_grad=False`` at every
-                                        recorded step (at construction, before the first)
-``zero_grad_sentinel``    str or None   the parameter the zero_grad check watches
-``attention_layers``      ``A`` names   attention modules seen (``forward_stats=True``)
-``attention_logit_max``   ``(S, A)``    their largest attention logit, on detailed steps
-``attention_entropy_min`` ``(S, A)``    their smallest softmax-row entropy (nats)
-``blocks``                ``K`` names   the transformer blocks found
-``residual_rms``          ``(S, K)``    the RMS of each block's output (the residual stream)
-``output_logit_max``      ``(S,)``      the largest ``|logit|`` of the model's output
-``log_z_mean``            ``(S,)``      the mean ``logsumexp`` of the output logits
-``forward_notes``         list          what the forward statistics could not find
-========================  ============  ==========================================================
+=========================  =============  =========================================================
+key                        shape          what
+=========================  =============  =========================================================
+``steps``                  ``(S,)``       the recorded steps (every ``every``-th, skipped included)
+``layer_names``            ``L`` names    every layer watched at some step, in order of appearance
+``global_norm``            ``(S,)``       norm of the whole gradient (the layers watched then)
+``layer_norms``            ``(S, L)``     each layer's gradient norm; NaN where it was not watched
+``layer_watched``          ``(S, L)``     whether the layer was watched (trainable) at that step
+``update_ratios``          ``(S, L)``     ``||w_after - w_before|| / ||w_before||`` on detailed
+                                          steps that were stepped; NaN elsewhere and where the
+                                          weights were exactly zero before the step
+``update_norms``           ``(S, L)``     ``||w_after - w_before||`` on the same steps
+``parameter_norms``        ``(S, L)``     each layer's weights' norm, on detailed steps (NaN else)
+``loss``                   ``(S,)``       the loss given to ``record(loss=...)`` (NaN where none)
+``stale_gradient``         ``(S,)``       ``.grad`` held a gradient at the step's first backward
+``histogram_steps``        ``(H,)``       the steps with histograms (if histograms are on)
+``histograms``             ``(H, L, b)``  counts of gradient entries in ``b`` fixed bins
+``bin_edges``              ``(b + 1,)``   the bins' edges (``log10 |g|`` if ``log_magnitude``)
+``log_magnitude``          bool           what the bins hold
+``skipped_steps``          list           steps ended without an optimizer update
+``nonfinite_events``       list           ``{"step", "parameter", "module"}`` per non-finite step
+``steps_seen``             int            steps the monitor has seen, recorded or not
+``frozen_parameters``      list           parameters with ``requires_grad=False`` at every
+                                          recorded step (at construction, before the first)
+``zero_grad_sentinel``     str or None    the parameter the zero_grad check watches
+``attention_layers``       ``A`` names    attention modules seen (``forward_stats=True``)
+``attention_logit_max``    ``(S, A)``     their largest attention logit, on detailed steps
+``attention_entropy_min``  ``(S, A)``     their smallest softmax-row entropy (nats)
+``blocks``                 ``K`` names    the transformer blocks found
+``residual_rms``           ``(S, K)``     the RMS of each block's output (the residual stream)
+``output_logit_max``       ``(S,)``       the largest ``|logit|`` of the model's output
+``log_z_mean``             ``(S,)``       the mean ``logsumexp`` of the output logits
+``forward_notes``          list           what the forward statistics could not find
+=========================  =============  =========================================================
 
 The forward statistics (:mod:`~gradcourse.monitor.forward`) are NaN, and their name lists empty,
 without ``forward_stats=True``.
