@@ -323,7 +323,8 @@ def data_parallel_checks(rank: int, world_size: int, seed: int = 0) -> dict[str,
     - ``sparse_vs_dense`` and ``sparse_rows``: an
       ``nn.Embedding(sparse=True)`` gradient all-reduced as a sparse tensor
       (each rank looking up its own ids) against the dense gradient of all
-      ids.
+      ids. NCCL has no sparse all-reduce: under it this one goes through a
+      gloo group, on the CPU.
     """
     from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
     from torch.nn.parallel import DistributedDataParallel
@@ -402,10 +403,13 @@ def data_parallel_checks(rank: int, world_size: int, seed: int = 0) -> dict[str,
     table = nn.Embedding(vocab, dim, sparse=True).to(device, torch.float64)
     ids = torch.randint(0, vocab, (world_size, 5), generator=generator).to(device)
     table(ids[rank]).sum().backward()
-    sparse = table.weight.grad.coalesce()
+    # gloo all-reduces sparse tensors, NCCL refuses them: under NCCL the sparse gradient goes
+    # through a second, gloo group, on the CPU (every rank must create the group)
+    group = dist.new_group(backend="gloo") if dist.get_backend() == "nccl" else None
+    sparse = table.weight.grad.coalesce().cpu()
     results["sparse_rows_before"] = sparse._nnz()
-    dist.all_reduce(sparse)  # gloo all-reduces sparse tensors
-    sparse = sparse.coalesce()
+    dist.all_reduce(sparse, group=group)
+    sparse = sparse.coalesce().to(device)
     dense_table = nn.Embedding(vocab, dim).to(device, torch.float64)
     dense_table.weight.data.copy_(table.weight.data)
     dense_table(ids.reshape(-1)).sum().backward()
