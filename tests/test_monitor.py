@@ -1,3 +1,5 @@
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -275,6 +277,19 @@ def test_finite_gradients_whose_norm_overflows_their_dtype_are_finite(dtype, ent
     # the float32 squares of the first three overflow: recomputed in float64, exact; the float16
     # entry's squares fit a float32 sum, which rounds
     assert monitor.history["global_norm"][0] == pytest.approx(expected, rel=1e-7)
+
+
+def test_an_overflowing_norm_beside_a_nonzero_gradient_is_recomputed():
+    # chapter 9's diverging regression: the weight's float32 norm overflows while the bias's
+    # gradient is large but finite, so no square is tiny and only the overflow calls for float64
+    model = nn.Linear(8, 1)
+    monitor = GradientMonitor(model, on_nonfinite="raise", histograms=False)
+    model.weight.grad = torch.tensor([[2e19, 1e19] + [0.0] * 6])
+    model.bias.grad = torch.tensor([2.8e18])
+    assert torch._foreach_norm([model.weight.grad])[0].isinf()  # float32 overflows
+    assert monitor.record() is True
+    expected = math.sqrt(2e19**2 + 1e19**2 + 2.8e18**2)
+    assert monitor.history["global_norm"][0] == pytest.approx(expected, rel=1e-6)
 
 
 def test_two_nonfinite_steps_in_a_row_are_both_stopped(tiny_gpt, backward):

@@ -12,6 +12,7 @@ all-reduce, started asynchronously) is stored where it belongs when it arrives.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -168,8 +169,9 @@ class Recorder:
         return event
 
     def _redo(self, squares: np.ndarray, exact: bool) -> np.ndarray:
-        if exact or all(square >= EXACT_BELOW for square in squares.tolist()):  # NaN fails it
-            return np.zeros(0, dtype=np.int64)  # the healthy case
+        # the healthy case: every square finite and not tiny (NaN and inf fail the test)
+        if exact or all(EXACT_BELOW <= square < math.inf for square in squares.tolist()):
+            return np.zeros(0, dtype=np.int64)
         present = np.fromiter((p.grad is not None for p in self.watched.layout.parameters), bool)
         return needs_exact(squares, present)
 
