@@ -59,26 +59,33 @@ class GradientMonitorCallback(pl.Callback):
       clips them, under any ``accumulate_grad_batches``, unscaled under ``"16-mixed"`` (fused
       optimizers included). The step's loss (the mean over its micro-batches) goes in the
       history too, for :func:`~gradcourse.diagnosis.diagnose`'s loss spikes.
-    - Each recorded step logs ``grad_norm`` and ``grad_norm/<layer>`` through
-      ``LightningModule.log_dict``, so every logger of the trainer receives them (at
-      ``log_every_n_steps``, like the module's own metrics). The rest of the history (update
-      ratios, histograms, forward statistics) is one call away: ``monitor.log_to(logger)``.
+    - Each recorded step logs ``grad_norm`` and ``grad_norm/<layer>`` to every logger of the
+      trainer, at the step's number (every recorded step: the monitor's ``every``, not
+      ``log_every_n_steps``, sets how often). The rest of the history (update ratios,
+      histograms, forward statistics) is one call away: ``monitor.log_to(logger)``.
     - A non-finite gradient (without a scaler, for which overflow is routine and the skipped
       step is listed in ``monitor.skipped_steps``) is named with its parameter: with
       ``on_nonfinite="raise"`` (default) ``fit`` stops with
       :class:`~gradcourse.monitor.NonFiniteGradientError` *before* the optimizer step, so the
-      weights stay finite; with ``"report"`` it is logged as a warning, kept in
+      weights stay finite (on the recorded steps: with ``every > 1`` the others are not
+      checked); with ``"report"`` it is logged as a warning, kept in
       :attr:`stop_reason` and training goes on.
     - With ``diagnose_at_end=True``, :func:`~gradcourse.diagnosis.diagnose` runs when training
       ends; :attr:`findings` holds its result, and each finding is logged as a warning.
     - No hook stays on the model after ``fit``, whether it returns or raises.
 
-    One optimizer only: a module with several (a GAN) is refused when training starts.
+    One optimizer only: a module with several (a GAN) is refused when training starts, as is
+    the same callback registered twice. For a fused optimizer under ``"16-mixed"`` the callback
+    calls ``scaler.unscale_`` itself, so code of yours that calls it again in the same step
+    (in ``on_before_optimizer_step``) would be refused by the scaler: leave it to the callback.
+    Under a scaler each step costs one host sync more (reading whether the scale fell).
 
     Raises:
         ValueError: ``monitor_options`` names an option the callback sets itself, or
             ``on_nonfinite`` is not ``"raise"`` or ``"report"``; ``submodule`` names no
-            submodule (when training starts).
+            submodule, the module has several optimizers, or the callback is registered twice
+            (when training starts).
+        TypeError: ``diagnose_at_end`` is not a bool, ``submodule`` not a string.
         TypeError / ValueError: an unknown or bad monitor option, at construction.
     """
 
@@ -107,24 +114,27 @@ class GradientMonitorCallback(pl.Callback):
             )
         if on_nonfinite not in ON_NONFINITE:
             raise ValueError(f"on_nonfinite must be one of {ON_NONFINITE}, got {on_nonfinite!r}")
+        if not isinstance(diagnose_at_end, bool):
+            raise TypeError(f"diagnose_at_end must be True or False, got {diagnose_at_end!r}")
         MonitorOptions.checked(**monitor_options)  # now, not when training starts
         self.submodule = submodule
         self.on_nonfinite = on_nonfinite
-        self.diagnose_at_end = bool(diagnose_at_end)
+        self.diagnose_at_end = diagnose_at_end
         self.monitor_options = monitor_options
         self.monitor: GradientMonitor | None = None
         self.stop_reason: str | None = None
         self.findings: list = []
         self._scaler: torch.amp.GradScaler | None = None
-        self._loss: torch.Tensor | None = None  # this step's loss, summed over micro-batches
-        self._scale_before: float | None = None
+        self._loss: list[torch.Tensor] = []  # this step's micro-batch losses
+        self._backward_in_batch = False  # a backward pass ran in the current batch
+        self._scale_before: torch.Tensor | None = None
         self._pending = False  # a step was recorded and not yet ended
 
     def close(self) -> None:
         """Close the monitor (its history stays readable). ``fit`` does it at its end."""
         if self.monitor is not None:
             self.monitor.close()
-        self._pending, self._loss = False, None
+        self._pending, self._loss = False, []
 
     # --- the trainer's events -------------------------------------------------------------------
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -133,6 +143,8 @@ class GradientMonitorCallback(pl.Callback):
                 "GradientMonitorCallback watches one optimizer's steps; this module configures "
                 f"{len(trainer.optimizers)}"
             )
+        if sum(callback is self for callback in trainer.callbacks) > 1:
+            raise ValueError("this GradientMonitorCallback is registered twice with the trainer")
         self.close()
         scaler = getattr(trainer.precision_plugin, "scaler", None)
         self._scaler = scaler if scaler is not None and scaler.is_enabled() else None
@@ -144,15 +156,21 @@ class GradientMonitorCallback(pl.Callback):
         )
         self.stop_reason, self.findings = None, []
 
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        self._backward_in_batch = False
+
     def on_before_backward(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, loss: torch.Tensor
     ) -> None:
-        # Lightning has divided the loss by accumulate_grad_batches (and the scaler has
-        # multiplied it by the loss scale): the sum over micro-batches is the step's mean loss
+        self._backward_in_batch = True
         loss = loss.detach().float()
-        if self._scaler is not None:
-            loss = loss / self._scaler.get_scale()
-        self._loss = loss if self._loss is None else self._loss + loss
+        if pl_module.automatic_optimization:  # Lightning divided it by accumulate_grad_batches
+            loss = loss * trainer.accumulate_grad_batches
+        if self._scaler is not None:  # and the scaler multiplied it by the loss scale
+            loss = loss / self._scale()
+        self._loss.append(loss)
 
     def on_before_optimizer_step(
         self,
@@ -161,22 +179,24 @@ class GradientMonitorCallback(pl.Callback):
         optimizer: torch.optim.Optimizer,
     ) -> None:
         monitor = self._open_monitor()
-        if self._pending:  # the last step never reached on_train_batch_end
-            monitor.record_update()
+        self._end_pending()  # a step taken without reaching on_train_batch_end (manual loops)
+        # under a scaler, Lightning skips the step when the last micro-batch ran no backward
+        skipped_by_lightning = self._scaler is not None and not self._backward_in_batch
         if self._scaler is not None:
-            self._unscale(optimizer)
-            self._scale_before = self._scaler.get_scale()
-        step, loss = monitor.step, self._loss
-        self._loss = None
+            if not skipped_by_lightning:
+                self._unscale(optimizer)
+            self._scale_before = self._scale().clone()
+        step, losses = monitor.step, self._loss
+        self._loss = []
+        loss = torch.stack(losses).mean() if losses else None
         finite = monitor.record(overflow_expected=self._scaler is not None, loss=loss)
         self._pending = True
+        if skipped_by_lightning:
+            self._end_pending(skipped=True)
         if not finite and self._scaler is None:
             self._nonfinite(monitor)
         if monitor.latest_step == step:
-            layers = monitor.latest_layer_norms
-            metrics = {f"grad_norm/{name}": norm for name, norm in layers.items()}
-            metrics["grad_norm"] = math.sqrt(sum(norm * norm for norm in layers.values()))
-            pl_module.log_dict(metrics, on_step=True, on_epoch=False)
+            self._log(trainer, monitor, step)
 
     def on_train_batch_end(
         self,
@@ -186,13 +206,7 @@ class GradientMonitorCallback(pl.Callback):
         batch: Any,
         batch_idx: int,
     ) -> None:
-        if not self._pending:  # a micro-batch before the end of an accumulation
-            return
-        self._pending = False
-        if self._scaler is not None and self._scaler.get_scale() < self._scale_before:
-            self.monitor.skip_step()  # the scaler found an overflow and skipped the step
-        else:
-            self.monitor.record_update()
+        self._end_pending()
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.monitor is None or self.monitor.closed:
@@ -235,12 +249,41 @@ class GradientMonitorCallback(pl.Callback):
                 f"submodule {self.submodule!r} is not a submodule of {type(pl_module).__name__}"
             ) from None
 
+    def _scale(self) -> torch.Tensor:
+        """The loss scale as a tensor on its device (no host sync)."""
+        scale = getattr(self._scaler, "_scale", None)
+        return scale if isinstance(scale, torch.Tensor) else torch.tensor(self._scaler.get_scale())
+
     def _unscale(self, optimizer: torch.optim.Optimizer) -> None:
-        """Unscale where Lightning did not: an optimizer that unscales in its own step (fused).
-        ``GradScaler.step`` then passes it no scale, so the step is unchanged."""
-        state = self._scaler._per_optimizer_states[id(optimizer)]["stage"]
-        if state is OptState.READY:
+        """Unscale where Lightning did not: an optimizer that unscales inside its own step
+        (``fused=True``). ``GradScaler.step`` then passes it no scale, so the step is unchanged."""
+        handles_unscaling = getattr(optimizer, "_step_supports_amp_scaling", False)
+        stage = self._scaler._per_optimizer_states[id(optimizer)]["stage"]
+        if handles_unscaling and stage is OptState.READY:
             self._scaler.unscale_(optimizer)
+
+    def _end_pending(self, *, skipped: bool = False) -> None:
+        """End the recorded step: skipped if asked, or if the scaler lowered its scale (it found
+        an overflow and did not step), else with the update (one host sync under a scaler)."""
+        if not self._pending:
+            return
+        self._pending = False
+        if not skipped and self._scaler is not None:
+            skipped = bool(self._scale() < self._scale_before)
+        if skipped:
+            self.monitor.skip_step()
+        else:
+            self.monitor.record_update()
+
+    def _log(self, trainer: pl.Trainer, monitor: GradientMonitor, step: int) -> None:
+        """``grad_norm`` and ``grad_norm/<layer>`` of this recorded step, at its step number, to
+        every logger of the trainer (straight to them: Lightning's own ``log`` would repeat the
+        last value at steps that ``every`` leaves out)."""
+        layers = monitor.latest_layer_norms
+        metrics = {f"grad_norm/{name}": norm for name, norm in layers.items()}
+        metrics["grad_norm"] = math.sqrt(sum(norm * norm for norm in layers.values()))
+        for metrics_logger in trainer.loggers:
+            metrics_logger.log_metrics(metrics, step=step)
 
     def _nonfinite(self, monitor: GradientMonitor) -> None:
         event = monitor.nonfinite_events[-1]

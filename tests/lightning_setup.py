@@ -15,16 +15,21 @@ VOCAB, LENGTH = 40, 8
 class TinyLM(pl.LightningModule):
     """TinyGPT under Lightning. ``nan_at``: the optimizer step whose loss is made NaN;
     ``unused``: add a Linear the loss never reaches; ``fused``: a fused AdamW;
-    ``optimizers``: how many optimizers ``configure_optimizers`` returns."""
+    ``optimizers``: how many optimizers ``configure_optimizers`` returns (manual
+    optimization when more than one); ``skip_batch``: the batch whose ``training_step``
+    returns None; ``manual``: that many optimizer steps per batch, by manual optimization."""
 
-    def __init__(self, nan_at=None, unused=False, fused=False, optimizers=1):
+    def __init__(
+        self, nan_at=None, unused=False, fused=False, optimizers=1, skip_batch=None, manual=0
+    ):
         super().__init__()
         torch.manual_seed(0)
         self.model = TinyGPT(VOCAB, d_model=16, n_layers=1, n_heads=2, max_len=LENGTH)
         self.unused = torch.nn.Linear(4, 4) if unused else None
         self.nan_at, self.fused, self.optimizer_count = nan_at, fused, optimizers
         self.losses = []  # every micro-batch's loss
-        if optimizers > 1:
+        self.skip_batch, self.manual = skip_batch, manual
+        if optimizers > 1 or manual:
             self.automatic_optimization = False
 
     def training_step(self, batch, batch_index):
@@ -32,6 +37,15 @@ class TinyLM(pl.LightningModule):
         self.losses.append(loss.item())
         if self.global_step == self.nan_at:
             loss = loss * float("nan")
+        if batch_index == self.skip_batch:
+            return None  # Lightning's way to skip a batch
+        if self.manual:  # that many optimizer steps on this batch, by hand
+            optimizer = self.optimizers()
+            for _ in range(self.manual):
+                optimizer.zero_grad()
+                self.manual_backward(next_token_loss(self.model(batch[:, :-1]), batch[:, 1:]))
+                optimizer.step()
+            return None
         if not self.automatic_optimization:
             for optimizer in self.optimizers():
                 optimizer.zero_grad()

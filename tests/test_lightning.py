@@ -167,6 +167,7 @@ def test_a_module_with_two_optimizers_is_refused():
         ({"on_nonfinite": "stop"}, ValueError, "on_nonfinite must be one of"),
         ({"every": 0}, ValueError, "every"),
         ({"submodule": 3}, TypeError, "submodule must be a submodule's name or None, got int"),
+        ({"diagnose_at_end": "no"}, TypeError, "diagnose_at_end must be True or False, got 'no'"),
     ],
 )
 def test_bad_options_are_refused_at_construction(options, error, message):
@@ -183,3 +184,50 @@ def test_without_lightning_the_import_names_the_package():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert "refused: gradcourse.lightning needs the lightning package" in result.stdout
+
+
+def test_with_every_two_only_the_recorded_steps_are_logged(tmp_path):
+    callback = GradientMonitorCallback(histograms=False, every=2)
+    trainer = setup.fit(setup.TinyLM(), [callback], steps=6, logger=CSVLogger(tmp_path))
+    with open(f"{trainer.logger.log_dir}/metrics.csv") as file:
+        rows = [row for row in csv.DictReader(file) if row.get("grad_norm")]
+    assert [int(row["step"]) for row in rows] == [0, 2, 4]
+    assert [float(row["grad_norm"]) for row in rows] == pytest.approx(
+        callback.monitor.history["global_norm"].tolist(), rel=1e-6
+    )
+
+
+def test_a_partial_accumulation_window_records_its_own_mean_loss():
+    # 16 batches an epoch in windows of 3: the sixth step has one micro-batch
+    callback, module = GradientMonitorCallback(histograms=False), setup.TinyLM()
+    setup.fit(module, [callback], steps=7, accumulate_grad_batches=3)
+    losses = module.losses
+    windows = [losses[0:3], losses[3:6], losses[6:9], losses[9:12], losses[12:15], losses[15:16]]
+    expected = [sum(window) / len(window) for window in windows] + [sum(losses[16:19]) / 3]
+    assert callback.monitor.history["loss"].tolist() == pytest.approx(expected, rel=1e-6)
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_a_skipped_batch_under_float16_is_a_skipped_step(fused):
+    callback = GradientMonitorCallback(histograms=False)
+    module = setup.TinyLM(fused=fused, skip_batch=1)
+    trainer = setup.fit(module, [callback], steps=4, plugins=[fp16_on_cpu()])
+    assert trainer.global_step == 4
+    assert callback.monitor.history["steps"].tolist() == [0, 1, 2, 3]
+    assert callback.monitor.skipped_steps == [1]
+
+
+def test_manual_optimization_with_two_steps_a_batch_lists_every_scaler_skip():
+    probe, callback = setup.NormProbe(), GradientMonitorCallback(histograms=False)
+    setup.fit(setup.TinyLM(manual=2), [probe, callback], steps=10, plugins=[fp16_on_cpu(2.0**24)])
+    # the scale each step started from; the scaler lowers it after each skipped step
+    scales = probe.scales + [probe.scales_after[-1]]
+    fell = [step for step in range(10) if scales[step + 1] < scales[step]]
+    assert 0 < len(fell) < 10
+    assert callback.monitor.skipped_steps == fell
+
+
+def test_a_callback_registered_twice_is_refused():
+    callback = GradientMonitorCallback()
+    with pytest.raises(ValueError, match="registered twice"):
+        setup.fit(setup.TinyLM(), [callback, callback])
