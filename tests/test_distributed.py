@@ -80,11 +80,35 @@ def test_a_rank_that_exits_with_code_0_without_a_result_is_found_at_once():
 def test_a_nested_launch_that_times_out_leaves_no_grandchild(tmp_path, monkeypatch):
     monkeypatch.setenv("SLEEPER_PIDS", str(tmp_path))
     with pytest.raises(TimeoutError):
-        launch(distributed_workers.launches_sleepers, 2, backend="gloo", timeout=20)
+        launch(distributed_workers.launches_sleepers, 2, backend="gloo", timeout=30)
+    # two ranks, each with two ranks of its own; on a loaded machine some grandchildren may not
+    # have started (and written their pid) before the timeout, so every process that inherited
+    # this test's SLEEPER_PIDS is looked for too, registered or not
     sleepers = [int(path.name) for path in tmp_path.iterdir()]
-    assert len(sleepers) == 4  # two ranks, each with two ranks of its own
+    assert sleepers
     time.sleep(0.5)
     assert not any(_running(pid) for pid in sleepers)
+    assert _processes_with_environment(f"SLEEPER_PIDS={tmp_path}") == []
+
+
+def _processes_with_environment(entry: str) -> list[int]:
+    """The running ranks (processes started by multiprocessing's spawn, not zombies) whose
+    environment holds ``entry`` (NAME=VALUE). multiprocessing's resource tracker, a child of this
+    process that lives as long as it does, is not a rank."""
+    found = []
+    for path in os.listdir("/proc"):
+        if not path.isdigit():
+            continue
+        try:
+            with open(f"/proc/{path}/environ", "rb") as environ:
+                entries = environ.read().split(b"\0")
+            with open(f"/proc/{path}/cmdline", "rb") as cmdline:
+                command = cmdline.read()
+        except OSError:  # gone, or not ours
+            continue
+        if entry.encode() in entries and b"spawn_main" in command and _running(int(path)):
+            found.append(int(path))
+    return found
 
 
 def _running(pid: int) -> bool:
