@@ -204,8 +204,10 @@ def fsdp_facts(rank: int, world_size: int) -> dict[str, Any]:
     ``memory`` (``{"ddp" | "fsdp": {"parameters" | "gradients" | "adam":
     bytes}}`` held by this rank after one Adam step), ``shard_norm`` (this
     rank's gradient shard's norm), ``global_norm`` (what
-    ``clip_grad_norm_`` returns on the DTensors) and ``reference_norm``
-    (one process, whole batch).
+    ``clip_grad_norm_`` returns on the DTensors, read with ``full_tensor()``),
+    ``to_local_norm`` (the same DTensor read with ``to_local()``, the common
+    mistake) with ``norm_placements``, and ``reference_norm`` (one process,
+    whole batch).
     """
     ids = global_batch(world_size)
     mine = rows_of(ids, rank)
@@ -219,6 +221,9 @@ def fsdp_facts(rank: int, world_size: int) -> dict[str, Any]:
             result["shard_norm"] = shard_squares.sqrt().item()
             total = nn.utils.clip_grad_norm_(model.parameters(), 1e9)
             result["global_norm"] = total.full_tensor().item()
+            # the common mistake: the DTensor's local value, which is not the norm
+            result["to_local_norm"] = total.to_local().item()
+            result["norm_placements"] = str(total.placements)
         grads = [local(p.grad) for p in model.parameters()]
         optimizer.step()
         state = [
