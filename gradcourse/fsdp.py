@@ -205,8 +205,8 @@ def fsdp_facts(rank: int, world_size: int) -> dict[str, Any]:
     bytes}}`` held by this rank after one Adam step), ``shard_norm`` (this
     rank's gradient shard's norm), ``global_norm`` (what
     ``clip_grad_norm_`` returns on the DTensors, read with ``full_tensor()``),
-    ``to_local_norm`` (the same DTensor read with ``to_local()``, the common
-    mistake) with ``norm_placements``, and ``reference_norm`` (one process,
+    ``to_local_norm`` (the same DTensor read with ``to_local()``, the total
+    only when it is replicated) with ``norm_placements``, and ``reference_norm`` (one process,
     whole batch).
     """
     ids = global_batch(world_size)
@@ -221,7 +221,7 @@ def fsdp_facts(rank: int, world_size: int) -> dict[str, Any]:
             result["shard_norm"] = shard_squares.sqrt().item()
             total = nn.utils.clip_grad_norm_(model.parameters(), 1e9)
             result["global_norm"] = total.full_tensor().item()
-            # the common mistake: the DTensor's local value, which is not the norm
+            # the DTensor's local value: the norm only when it is replicated
             result["to_local_norm"] = total.to_local().item()
             result["norm_placements"] = str(total.placements)
         grads = [local(p.grad) for p in model.parameters()]

@@ -5,8 +5,10 @@ Taught in: Chapter 9. On a GPU, every read of a tensor's values by Python (``.it
 until the device has finished all the work queued before it. :class:`HostReads` counts such reads
 inside a ``with`` block, independently of the code it watches (a ``TorchFunctionMode`` sees every
 tensor method called), so a claim such as "one transfer per recorded step" can be checked from the
-outside. It counts the call, whatever the device: on a CPU the same calls are free, but they are
-the ones that would wait on a GPU.
+outside. It counts exactly the calls in :data:`READS`; other operations that wait for the device
+(``.to("cpu")``, ``torch.nonzero``, boolean-mask indexing, ``torch.allclose``, formatting a tensor
+in an f-string) are not counted, so a count is a lower bound. It counts the call whatever the
+device: on a CPU the same calls are free, but they are the ones that would wait on a GPU.
 """
 
 from __future__ import annotations
