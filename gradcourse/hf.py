@@ -31,14 +31,10 @@ from torch.autograd import Variable
 
 from gradcourse.diagnosis import diagnose
 from gradcourse.monitor import GradientMonitor, describe
-from gradcourse.monitor.options import MonitorOptions
+from gradcourse.monitor.options import check_callback_options
 
 logger = logging.getLogger(__name__)
 
-SET_BY_THE_CALLBACK = ("model", "optimizer", "on_nonfinite", "start_step")
-MONITOR_OPTIONS = tuple(
-    name for name in MonitorOptions.__dataclass_fields__ if name not in SET_BY_THE_CALLBACK
-)
 # the callback that last armed hooks on a model: the next one removes what an exception left
 _ARMED_BY: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
@@ -82,18 +78,7 @@ class GradientMonitorCallback(TrainerCallback):
         diagnose_at_end: bool = False,
         **monitor_options: Any,
     ) -> None:
-        taken = set(SET_BY_THE_CALLBACK) & set(monitor_options)
-        if taken:
-            raise ValueError(
-                f"GradientMonitorCallback sets {sorted(taken)} itself; give only the monitor's "
-                "other options"
-            )
-        unknown = sorted(set(monitor_options) - set(MONITOR_OPTIONS))
-        if unknown:
-            raise TypeError(
-                f"unknown monitor option(s) {unknown}; the options are {list(MONITOR_OPTIONS)}"
-            )
-        MonitorOptions.checked(**monitor_options)  # now, not when training begins
+        check_callback_options(monitor_options)  # now, not when training begins
         self.stop_on_nonfinite = stop_on_nonfinite
         self.diagnose_at_end = diagnose_at_end
         self.monitor_options = monitor_options

@@ -30,15 +30,9 @@ from torch.amp.grad_scaler import OptState
 
 from gradcourse.diagnosis import diagnose
 from gradcourse.monitor import GradientMonitor, NonFiniteGradientError, describe
-from gradcourse.monitor.options import MonitorOptions
+from gradcourse.monitor.options import ON_NONFINITE, check_callback_options
 
 logger = logging.getLogger(__name__)
-
-SET_BY_THE_CALLBACK = ("model", "optimizer", "on_nonfinite", "start_step")
-MONITOR_OPTIONS = tuple(
-    name for name in MonitorOptions.__dataclass_fields__ if name not in SET_BY_THE_CALLBACK
-)
-ON_NONFINITE = ("raise", "report")
 
 
 class GradientMonitorCallback(pl.Callback):
@@ -97,17 +91,7 @@ class GradientMonitorCallback(pl.Callback):
         diagnose_at_end: bool = False,
         **monitor_options: Any,
     ) -> None:
-        taken = set(SET_BY_THE_CALLBACK) & set(monitor_options)
-        if taken:
-            raise ValueError(
-                f"GradientMonitorCallback sets {sorted(taken)} itself; give only the monitor's "
-                "other options"
-            )
-        unknown = sorted(set(monitor_options) - set(MONITOR_OPTIONS))
-        if unknown:
-            raise TypeError(
-                f"unknown monitor option(s) {unknown}; the options are {list(MONITOR_OPTIONS)}"
-            )
+        check_callback_options(monitor_options)  # now, not when training begins
         if submodule is not None and not isinstance(submodule, str):
             raise TypeError(
                 f"submodule must be a submodule's name or None, got {type(submodule).__name__}"
@@ -116,7 +100,6 @@ class GradientMonitorCallback(pl.Callback):
             raise ValueError(f"on_nonfinite must be one of {ON_NONFINITE}, got {on_nonfinite!r}")
         if not isinstance(diagnose_at_end, bool):
             raise TypeError(f"diagnose_at_end must be True or False, got {diagnose_at_end!r}")
-        MonitorOptions.checked(**monitor_options)  # now, not when training starts
         self.submodule = submodule
         self.on_nonfinite = on_nonfinite
         self.diagnose_at_end = diagnose_at_end

@@ -508,3 +508,13 @@ def test_log_to_refuses_a_logging_logger(tiny_gpt, train_steps):
     monitor, _ = trained_monitor(tiny_gpt, train_steps)
     with pytest.raises(TypeError, match="logging.Logger"):
         monitor.log_to(logging.getLogger("x"))
+
+
+def test_callback_options_are_checked_by_one_function_for_both_callbacks():
+    from gradcourse.monitor.options import check_callback_options
+
+    assert check_callback_options({"bins": 8}).bins == 8
+    with pytest.raises(ValueError, match=r"sets \['model'\] itself"):
+        check_callback_options({"model": None})
+    with pytest.raises(ValueError, match="detail_every"):
+        check_callback_options({"detail_every": 0})

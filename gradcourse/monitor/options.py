@@ -81,3 +81,32 @@ def _checked_range(value: object) -> tuple[float, float]:
             f"histogram_range must be (low, high), finite numbers with low < high, got {value!r}"
         )
     return float(value[0]), float(value[1])
+
+
+SET_BY_A_CALLBACK = ("model", "optimizer", "on_nonfinite", "start_step")
+"""What the Trainer and Lightning callbacks give the monitor themselves."""
+
+CALLBACK_OPTIONS = tuple(
+    name for name in MonitorOptions.__dataclass_fields__ if name not in SET_BY_A_CALLBACK
+)
+"""The monitor options a callback passes on from its user."""
+
+
+def check_callback_options(monitor_options: dict[str, object]) -> MonitorOptions:
+    """Check a callback's ``**monitor_options`` when the callback is built (Chapter 9).
+
+    Raises:
+        ValueError: an option the callback sets itself (named), or a value out of range.
+        TypeError: an unknown option, or a value of the wrong type (named).
+    """
+    taken = sorted(set(SET_BY_A_CALLBACK) & set(monitor_options))
+    if taken:
+        raise ValueError(
+            f"GradientMonitorCallback sets {taken} itself; give only the monitor's other options"
+        )
+    unknown = sorted(set(monitor_options) - set(CALLBACK_OPTIONS))
+    if unknown:
+        raise TypeError(
+            f"unknown monitor option(s) {unknown}; the options are {list(CALLBACK_OPTIONS)}"
+        )
+    return MonitorOptions.checked(**monitor_options)
