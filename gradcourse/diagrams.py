@@ -1,15 +1,18 @@
 """Pictures drawn from a model's structure: dataflow diagrams with the shape of every tensor.
 
-Taught in: Chapter 12 (:func:`block_dataflow`, a pre-LN transformer block forward and
-backward). Drawn with matplotlib alone, in the house style of :mod:`gradcourse.plots`.
+Taught in: Chapter 2 (:func:`two_layer_dataflow`), Chapter 3
+(:func:`embedding_gradient_picture`), Chapter 12 (:func:`block_dataflow`, a pre-LN transformer
+block forward and backward, and :func:`tiled_attention_picture`).
+Drawn with matplotlib alone, in the house style of :mod:`gradcourse.plots`.
 """
 
 from __future__ import annotations
 
+import torch
 from matplotlib.figure import Figure
 
 from gradcourse._validate import check_positive_int
-from gradcourse.plots import PALETTE, subplots
+from gradcourse.plots import PALETTE, label, subplots
 
 FORWARD, BACKWARD, RESIDUAL = PALETTE[0], PALETTE[1], PALETTE[2]
 
@@ -51,6 +54,49 @@ def block_dataflow(batch: int, length: int, d_model: int, n_heads: int) -> Figur
     if d_model % n_heads:
         raise ValueError(f"d_model ({d_model}) must be divisible by n_heads ({n_heads})")
     rows = _block_rows(batch, length, d_model, n_heads)
+    fig, ax = _dataflow(rows)
+    for start, stop in ((0, 8), (8, 13)):  # x -> h and h -> out skip the branches
+        ax.annotate(
+            "", xy=(0.25, stop - 0.1), xytext=(0.25, start + 0.1),
+            arrowprops={"arrowstyle": "->", "color": RESIDUAL, "lw": 1.6,
+                        "connectionstyle": "bar,fraction=0.05"},
+        )  # fmt: skip
+    ax.text(0.05, 4.0, "residual", rotation=90, va="center", color=RESIDUAL, fontsize=9)
+    ax.set_title(
+        f"One pre-LN block: B={batch}, T={length}, D={d_model}, H={n_heads}, "
+        f"d={d_model // n_heads}"
+    )
+    return fig
+
+
+def two_layer_dataflow(examples: int, features: int, hidden: int, classes: int) -> Figure:
+    """Chapter 2's network, ``Z1 = X W1ᵀ + b1, A1 = tanh(Z1), Z2 = A1 W2ᵀ + b2``, softmax and
+    cross-entropy: the forward on the left (upwards) and the backward on the right (downwards),
+    with the shape of every tensor for ``N, D, H, C = examples, features, hidden, classes``.
+
+    Raises:
+        TypeError / ValueError: a size that is not a positive int (named).
+    """
+    sizes = {"examples": examples, "features": features, "hidden": hidden, "classes": classes}
+    for name, value in sizes.items():
+        check_positive_int(name, value)
+    n, d, h, c = examples, features, hidden, classes
+    rows = [
+        ("X: the inputs", "dX = dZ1 W1  (not needed to train)", f"({n}, {d})"),
+        ("Z1 = X W1ᵀ + b1", "dW1 = dZ1ᵀ X (H, D),  db1 = 1ᵀ dZ1", f"({n}, {h})"),
+        ("A1 = tanh(Z1)", "dZ1 = dA1 ⊙ (1 − A1²)", f"({n}, {h})"),
+        ("Z2 = A1 W2ᵀ + b2", "dW2 = dZ2ᵀ A1 (C, H),  dA1 = dZ2 W2", f"({n}, {c})"),
+        ("P = softmax(Z2)", "dZ2 = (P − Y) / N", f"({n}, {c})"),
+        ("L = −mean log P[n, yₙ]", "dL = 1", "()"),
+    ]
+    fig, ax = _dataflow(rows)
+    ax.set_title(f"The two-layer network: N={n}, D={d}, H={h}, C={c}")
+    return fig
+
+
+def _dataflow(rows: list[tuple[str, str, str]]):
+    """Draw ``(forward, backward, shape)`` rows, the first at the bottom, with the forward's
+    arrows upwards and the backward's downwards."""
     fig, ax = subplots(width=9.5, height=0.52 * len(rows) + 1.0)
     ax.set_xlim(0, 10)
     ax.set_ylim(-0.8, len(rows) - 0.2)
@@ -62,21 +108,10 @@ def block_dataflow(batch: int, length: int, d_model: int, n_heads: int) -> Figur
         if y:
             _arrow(ax, 2.3, y - 1, 2.3, y, FORWARD)
             _arrow(ax, 7.5, y, 7.5, y - 1, BACKWARD)
-    for start, stop in ((0, 8), (8, 13)):  # x -> h and h -> out skip the branches
-        ax.annotate(
-            "", xy=(0.25, stop - 0.1), xytext=(0.25, start + 0.1),
-            arrowprops={"arrowstyle": "->", "color": RESIDUAL, "lw": 1.6,
-                        "connectionstyle": "bar,fraction=0.05"},
-        )  # fmt: skip
     ax.text(2.3, -0.7, "forward (upwards)", ha="center", color=FORWARD, fontsize=10)
     ax.text(7.5, -0.7, "backward (downwards)", ha="center", color=BACKWARD, fontsize=10)
     ax.text(5.0, -0.7, "shape (of a tensor and of its gradient)", ha="center", fontsize=9)
-    ax.text(0.05, 4.0, "residual", rotation=90, va="center", color=RESIDUAL, fontsize=9)
-    ax.set_title(
-        f"One pre-LN block: B={batch}, T={length}, D={d_model}, H={n_heads}, "
-        f"d={d_model // n_heads}"
-    )
-    return fig
+    return fig, ax
 
 
 def _box(ax, x: float, y: float, text: str, color: str) -> None:
@@ -140,3 +175,40 @@ def _square(x: float, y: float, color: str, alpha: float):
     from matplotlib.patches import Rectangle
 
     return Rectangle((x - 0.5, y - 0.5), 1, 1, facecolor=color, alpha=alpha, edgecolor="white")
+
+
+def embedding_gradient_picture(grad_weight: torch.Tensor, token_ids: torch.Tensor) -> Figure:
+    """The gradient of an embedding table, ``grad_weight`` of shape ``(V, D)``, as a heat map
+    with one row per id (left), beside how many positions of ``token_ids`` (any shape) looked up
+    each row (right): the rows of ids in the batch are lit, every other row is exactly zero.
+
+    Raises:
+        TypeError: an argument that is not a tensor, or ids that are not integers.
+        ValueError: ``grad_weight`` not 2-D, or an id outside ``[0, V)`` (named).
+    """
+    if not isinstance(grad_weight, torch.Tensor) or not isinstance(token_ids, torch.Tensor):
+        raise TypeError("grad_weight and token_ids must be tensors")
+    if grad_weight.dim() != 2:
+        raise ValueError(f"grad_weight must be (V, D), got shape {tuple(grad_weight.shape)}")
+    if token_ids.dtype.is_floating_point or token_ids.dtype.is_complex:
+        raise TypeError(f"token_ids must be integers, got {token_ids.dtype}")
+    rows = grad_weight.shape[0]
+    ids = token_ids.detach().reshape(-1).cpu()
+    if ids.numel() and (ids.min() < 0 or ids.max() >= rows):
+        raise ValueError(f"token_ids must lie in [0, {rows}), got {ids.min()} to {ids.max()}")
+    counts = torch.bincount(ids, minlength=rows).numpy()
+    values = grad_weight.detach().double().cpu().numpy()
+    limit = float(abs(values).max()) or 1.0
+    fig, (ax_grad, ax_count) = subplots(
+        1, 2, width=8.0, height=min(9.0, 1.2 + 0.16 * rows), sharey=True,
+        gridspec_kw={"width_ratios": [3, 1]},
+    )  # fmt: skip
+    image = ax_grad.imshow(values, aspect="auto", cmap="RdBu_r", vmin=-limit, vmax=limit,
+                           interpolation="nearest")  # fmt: skip
+    ax_grad.grid(False)
+    fig.colorbar(image, ax=ax_grad, label="dL/dE entry")
+    label(ax_grad, "feature d", "row i of E (token id)", "dL/dE: rows of ids in the batch")
+    ax_count.barh(range(rows), counts, color=PALETTE[0])
+    label(ax_count, "positions with id i", "row i of E (token id)", "lookups")
+    ax_count.set_ylim(rows - 0.5, -0.5)
+    return fig
