@@ -71,8 +71,9 @@ def block_dataflow(batch: int, length: int, d_model: int, n_heads: int) -> Figur
 
 def two_layer_dataflow(examples: int, features: int, hidden: int, classes: int) -> Figure:
     """Chapter 2's network, ``Z1 = X W1ᵀ + b1, A1 = tanh(Z1), Z2 = A1 W2ᵀ + b2``, softmax and
-    cross-entropy: the forward on the left (upwards) and the backward on the right (downwards),
-    with the shape of every tensor for ``N, D, H, C = examples, features, hidden, classes``.
+    cross-entropy: the forward on the left (upwards) and, on the right (downwards), how the
+    backward makes the gradient of each row's tensor (and of the parameters it feeds), with the
+    shape of every tensor for ``N, D, H, C = examples, features, hidden, classes``.
 
     Raises:
         TypeError / ValueError: a size that is not a positive int (named).
@@ -82,12 +83,12 @@ def two_layer_dataflow(examples: int, features: int, hidden: int, classes: int) 
         check_positive_int(name, value)
     n, d, h, c = examples, features, hidden, classes
     rows = [
-        ("X: the inputs", "dX = dZ1 W1  (not needed to train)", f"({n}, {d})"),
-        ("Z1 = X W1ᵀ + b1", "dW1 = dZ1ᵀ X (H, D),  db1 = 1ᵀ dZ1", f"({n}, {h})"),
-        ("A1 = tanh(Z1)", "dZ1 = dA1 ⊙ (1 − A1²)", f"({n}, {h})"),
-        ("Z2 = A1 W2ᵀ + b2", "dW2 = dZ2ᵀ A1 (C, H),  dA1 = dZ2 W2", f"({n}, {c})"),
-        ("P = softmax(Z2)", "dZ2 = (P − Y) / N", f"({n}, {c})"),
-        ("L = −mean log P[n, yₙ]", "dL = 1", "()"),
+        ("X: the inputs", "dX = dZ1 W1;  dW1 = dZ1ᵀ X,  db1 = 1ᵀ dZ1", f"({n}, {d})"),
+        ("Z1 = X W1ᵀ + b1", "dZ1 = dA1 ⊙ (1 − A1²)", f"({n}, {h})"),
+        ("A1 = tanh(Z1)", "dA1 = dZ2 W2;  dW2 = dZ2ᵀ A1,  db2 = 1ᵀ dZ2", f"({n}, {h})"),
+        ("Z2 = A1 W2ᵀ + b2", "dZ2 = (P − Y) / N", f"({n}, {c})"),
+        ("P = softmax(Z2)", "(not formed: softmax and loss together)", f"({n}, {c})"),
+        ("L = −mean log P[n, yₙ]", "dL/dL = 1", "()"),
     ]
     fig, ax = _dataflow(rows)
     ax.set_title(f"The two-layer network: N={n}, D={d}, H={h}, C={c}")
