@@ -207,9 +207,18 @@ def embedding_gradient_picture(grad_weight: torch.Tensor, token_ids: torch.Tenso
     image = ax_grad.imshow(values, aspect="auto", cmap="RdBu_r", vmin=-limit, vmax=limit,
                            interpolation="nearest")  # fmt: skip
     ax_grad.grid(False)
+    for row in counts.nonzero()[0]:  # outline the rows the batch looked up
+        ax_grad.add_patch(_frame(row, values.shape[1]))
+    ax_grad.set_xticks(range(values.shape[1]) if values.shape[1] <= 16 else [])
     fig.colorbar(image, ax=ax_grad, label="dL/dE entry")
     label(ax_grad, "feature d", "row i of E (token id)", "dL/dE: rows of ids in the batch")
     ax_count.barh(range(rows), counts, color=PALETTE[0])
     label(ax_count, "positions with id i", "row i of E (token id)", "lookups")
     ax_count.set_ylim(rows - 0.5, -0.5)
     return fig
+
+
+def _frame(row: int, width: int):
+    from matplotlib.patches import Rectangle
+
+    return Rectangle((-0.5, row - 0.5), width, 1, fill=False, edgecolor=PALETTE[4], lw=1.5)
