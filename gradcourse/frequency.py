@@ -22,21 +22,27 @@ from gradcourse.env import progress
 class BigramModel(nn.Module):
     """Next-token logits from the current token's embedding: ``(B,)`` ids to ``(B, V)`` logits.
 
-    Both matrices start from N(0, ``std``²) (GPT-2's 0.02 by default; ``nn.Embedding``'s own
-    default is N(0, 1)), the head's bias from zero.
+    Both matrices start from N(0, 0.02²) (GPT-2's scale), the head's bias from zero;
+    ``embedding_std`` changes the embedding's scale alone (``nn.Embedding``'s own default is
+    N(0, 1)).
     """
 
     def __init__(
-        self, vocab_size: int, embedding_dim: int, sparse: bool = False, std: float = 0.02
+        self,
+        vocab_size: int,
+        embedding_dim: int,
+        sparse: bool = False,
+        embedding_std: float = 0.02,
     ) -> None:
         check_positive_int("vocab_size", vocab_size)
         check_positive_int("embedding_dim", embedding_dim)
-        check_number("std", std, minimum=0, strict=True)
+        check_number("embedding_std", embedding_std, minimum=0, strict=True)
         super().__init__()
         self.embedding = nn.Embedding(vocab_size, embedding_dim, sparse=sparse)
         self.head = nn.Linear(embedding_dim, vocab_size)
         for weight in (self.embedding.weight, self.head.weight):
-            nn.init.normal_(weight, std=std)
+            nn.init.normal_(weight, std=0.02)
+        self.embedding.weight.data.mul_(embedding_std / 0.02)  # the same draw, rescaled
         nn.init.zeros_(self.head.bias)
 
     def forward(self, token_ids: torch.Tensor) -> torch.Tensor:
@@ -83,7 +89,7 @@ def train_bigram(
     make_optimizers: Callable[[nn.Module], list[torch.optim.Optimizer]],
     *,
     sparse: bool = False,
-    std: float = 0.02,
+    embedding_std: float = 0.02,
     description: str = "",
 ) -> dict:
     """Train a fresh :class:`BigramModel` (seed 0, so every run starts from the same weights) on
@@ -94,7 +100,9 @@ def train_bigram(
     """
     device = data.train_ids.device
     torch.manual_seed(0)
-    model = BigramModel(data.vocab_size, data.embedding_dim, sparse=sparse, std=std).to(device)
+    model = BigramModel(
+        data.vocab_size, data.embedding_dim, sparse=sparse, embedding_std=embedding_std
+    ).to(device)
     initial = model.embedding.weight.detach().clone()
     optimizers = make_optimizers(model)
     steps_with_gradient = torch.zeros(data.vocab_size, device=device)
