@@ -121,7 +121,7 @@ def progress(iterable: Iterable[T], **tqdm_options: Any) -> Iterable[T]:
 #: ``requirements.txt``. pyproject.toml's extras list the same requirements per chapter.
 CHAPTER_REQUIREMENTS: dict[str, str] = {
     "tensorflow": "tensorflow",  # chapter 1
-    "transformers": "transformers",  # chapters 4 and 9
+    "transformers": "transformers",  # chapters 4, 5 and 9
     "accelerate": "accelerate",  # chapter 9 (the Trainer needs it)
     "trl": "trl",  # chapter 9
     "datasets": "datasets",  # chapter 9
