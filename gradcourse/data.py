@@ -309,3 +309,29 @@ def _windows(
         starts = torch.randint(0, token_ids.numel() - length, (batch_size,), generator=generator)
         window = token_ids[starts.to(token_ids.device).unsqueeze(1) + offsets]
         yield window[:, :-1], window[:, 1:]
+
+
+def windows_at(
+    token_ids: torch.Tensor, starts: torch.Tensor, length: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The windows of ``length + 1`` tokens beginning at ``starts``, as next-token
+    ``(inputs, targets)``, each ``(len(starts), length)``: the fixed-position counterpart of
+    :func:`random_windows` (Chapter 5 evaluates on windows at chosen starts).
+
+    Raises:
+        TypeError / ValueError: ``token_ids`` or ``starts`` not 1-D integer tensors, ``length``
+            not a positive int, or a window running past the end (named).
+    """
+    check_int_tensor("token_ids", token_ids)
+    check_int_tensor("starts", starts)
+    check_positive_int("length", length)
+    if token_ids.dim() != 1 or starts.dim() != 1:
+        raise ValueError("token_ids and starts must be 1-D")
+    if starts.numel() and (starts.min() < 0 or starts.max() + length >= token_ids.numel()):
+        raise ValueError(
+            f"a window of {length + 1} tokens must fit in the {token_ids.numel()} tokens: "
+            f"starts must lie in [0, {token_ids.numel() - length - 1}]"
+        )
+    offsets = torch.arange(length + 1, device=token_ids.device)
+    window = token_ids[starts.to(token_ids.device).unsqueeze(1) + offsets]
+    return window[:, :-1], window[:, 1:]

@@ -1,4 +1,5 @@
-"""Fitting measured curves: the slope of a power law on a log-log plot.
+"""Fitting measured curves: the slope of a power law on a log-log plot, and the interval of
+a paired comparison.
 
 Taught in: Chapter 1 (finite-difference error against step size), Chapter 2
 (gradient norm against input scale); Chapter 4 uses it for gradient size
@@ -51,3 +52,30 @@ def loglog_slope(x: torch.Tensor, y: torch.Tensor) -> float:
     centred_x = log_x - log_x.mean()
     spread = (centred_x**2).sum()
     return ((centred_x * (log_y - log_y.mean())).sum() / spread).item()
+
+
+#: Student's t quantile for a two-sided 95% interval, by degrees of freedom (1 to 10).
+T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306,
+         9: 2.262, 10: 2.228}  # fmt: skip
+
+
+def paired_interval(differences: torch.Tensor) -> tuple[float, float, float]:
+    """``(mean, low, high)``: the mean of paired differences (one per seed, say) and its
+    two-sided 95% Student-t interval. Taught in: Chapter 5 (tied against untied, paired by seed).
+
+    Raises:
+        TypeError: ``differences`` is not a floating tensor.
+        ValueError: not 1-D with 2 to 11 finite entries.
+    """
+    if not isinstance(differences, torch.Tensor) or not differences.dtype.is_floating_point:
+        raise TypeError("differences must be a floating-point tensor")
+    if differences.dim() != 1 or not 2 <= differences.numel() <= 11:
+        raise ValueError(
+            f"need 2 to 11 differences in a 1-D tensor, got shape {tuple(differences.shape)}"
+        )
+    if not torch.isfinite(differences).all():
+        raise ValueError("every difference must be finite")
+    n = differences.numel()
+    mean = differences.double().mean().item()
+    half_width = T_975[n - 1] * differences.double().std().item() / n**0.5
+    return mean, mean - half_width, mean + half_width
