@@ -62,8 +62,10 @@ class SpikeDetector:
     standard deviations above the mean of the last ``window`` normal steps.
 
     Taught in: Chapter 13. The rule is OLMo-core's (window 128, threshold 6,
-    silent until ``min_history`` steps are in, by default half the window),
-    with one change: a flagged value joins the window cut down to the edge
+    silent until ``min_history`` steps are in), with three changes: it is
+    one-sided (only a rise is a spike; OLMo-core compares ``|z|``), the
+    default ``min_history`` is ``max(2, window // 2)`` (OLMo-core's is
+    ``max(20, window // 2)``), and a flagged value joins the window cut down to the edge
     of the band (``mean + threshold * std``), so one huge spike does not
     widen the band for the next ``window`` steps, and a lasting rise still
     moves the band up (a window that left flagged values out would flag
